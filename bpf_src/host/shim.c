@@ -1,0 +1,95 @@
+/* Host-side glue: helper pointers, tail calls, and the ABI self-description.
+ *
+ * Tail calls: a BPF tail call replaces the running program and never returns.
+ * harness_run_program() calls the entry program under setjmp; bpf_tail_call()
+ * asks Python for the target of the prog-array slot and longjmps back, and
+ * the loop starts that program with the same context. Only C frames lie
+ * between setjmp and longjmp: every Python callback has returned by then.
+ */
+#include <setjmp.h>
+#include <stddef.h>
+
+#include "../types.h"
+#include "shim.h"
+
+#define MAX_TAIL_CALLS 33 /* the kernel's MAX_TAIL_CALL_CNT */
+
+typedef int (*bpf_prog_fn)(void *ctx);
+
+void *(*bpf_map_lookup_elem)(void *map, const void *key);
+long (*bpf_map_update_elem)(void *map, const void *key, const void *value, u64 flags);
+u64 (*bpf_ktime_get_ns)(void);
+u32 (*bpf_get_smp_processor_id)(void);
+u64 (*bpf_get_current_pid_tgid)(void);
+long (*bpf_perf_event_output)(void *ctx, void *map, u64 flags, void *data, u64 size);
+long (*bpf_probe_read_user)(void *dst, u32 size, const void *unsafe_ptr);
+
+/* Set by Python: returns the program stored in a prog-array slot, or NULL. */
+void *(*harness_prog_array_lookup)(void *map, u32 index);
+
+static jmp_buf *tail_call_target;
+static bpf_prog_fn next_prog;
+static int tail_calls;
+
+long bpf_tail_call(void *ctx, void *prog_array_map, u32 index)
+{
+  (void)ctx;
+  if (!tail_call_target || !harness_prog_array_lookup || tail_calls >= MAX_TAIL_CALLS)
+    return -1;
+  void *prog = harness_prog_array_lookup(prog_array_map, index);
+  if (!prog)
+    return -1; /* as in the kernel: an empty slot falls through */
+  tail_calls++;
+  next_prog = (bpf_prog_fn)prog;
+  longjmp(*tail_call_target, 1);
+}
+
+/* Run one program and whatever it tail-calls; returns the last program's
+ * return value. *tail_calls_out receives the number of tail calls taken. */
+int harness_run_program(bpf_prog_fn prog, void *ctx, int *tail_calls_out)
+{
+  jmp_buf env;
+  volatile bpf_prog_fn current = prog;
+  int ret;
+
+  tail_calls = 0;
+  tail_call_target = &env;
+  if (setjmp(env))
+    current = next_prog;
+  ret = current(ctx);
+  tail_call_target = NULL;
+  if (tail_calls_out)
+    *tail_calls_out = tail_calls;
+  return ret;
+}
+
+/* ABI description checked by harness/bpf_abi.py at load time. */
+#define ABI_ENTRY(x) (u64)(x)
+static const u64 abi_values[] = {
+    ABI_ENTRY(sizeof(struct target_regs)),
+    ABI_ENTRY(sizeof(struct perf_event_ctx)),
+    ABI_ENTRY(sizeof(struct unwind_rule)),
+    ABI_ENTRY(sizeof(struct stack_delta)),
+    ABI_ENTRY(sizeof(struct delta_page_key)),
+    ABI_ENTRY(sizeof(struct delta_page)),
+    ABI_ENTRY(sizeof(struct mapping_key)),
+    ABI_ENTRY(sizeof(struct mapping_info)),
+    ABI_ENTRY(sizeof(struct unwinder_config)),
+    ABI_ENTRY(sizeof(struct frame)),
+    ABI_ENTRY(sizeof(struct trace)),
+    ABI_ENTRY(offsetof(struct trace, frames)),
+    ABI_ENTRY(sizeof(struct unwind_scratch)),
+    ABI_ENTRY(MAX_FRAMES),
+    ABI_ENTRY(DELTA_PAGE_BITS),
+#if defined(TARGET_ARCH_X86_64)
+    ABI_ENTRY(62),
+#else
+    ABI_ENTRY(183),
+#endif
+};
+
+u32 harness_abi(const u64 **values)
+{
+  *values = abi_values;
+  return sizeof(abi_values) / sizeof(abi_values[0]);
+}

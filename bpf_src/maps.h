@@ -1,0 +1,71 @@
+/* Maps of the native unwinder. The user-space agent (harness/agent.py on the
+ * host, a profiler's agent in production) fills the first five; the rest are
+ * the unwinder's own plumbing. */
+#ifndef UNWINDER_MAPS_H
+#define UNWINDER_MAPS_H
+
+#include "bpf_defs.h"
+
+/* (pid, address) -> module and load bias, one trie entry per aligned prefix. */
+struct {
+  __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+  __type(key, struct mapping_key);
+  __type(value, struct mapping_info);
+  __uint(max_entries, MAX_MAPPING_PREFIXES);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+} pid_mappings SEC(".maps");
+
+/* (file id, 64 KiB page of ELF addresses) -> slice of stack_deltas. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __type(key, struct delta_page_key);
+  __type(value, struct delta_page);
+  __uint(max_entries, MAX_DELTA_PAGES);
+} delta_pages SEC(".maps");
+
+/* All modules' stack deltas, each page's slice sorted by address. */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __type(key, u32);
+  __type(value, struct stack_delta);
+  __uint(max_entries, MAX_STACK_DELTAS);
+} stack_deltas SEC(".maps");
+
+/* Distinct unwind rules, shared by all modules. */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __type(key, u32);
+  __type(value, struct unwind_rule);
+  __uint(max_entries, MAX_UNWIND_RULES);
+} unwind_rules SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __type(key, u32);
+  __type(value, struct unwinder_config);
+  __uint(max_entries, 1);
+} unwinder_config SEC(".maps");
+
+/* Unwind state and trace under construction. */
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __type(key, u32);
+  __type(value, struct unwind_scratch);
+  __uint(max_entries, 1);
+} unwind_scratch SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+  __uint(key_size, sizeof(u32));
+  __uint(value_size, sizeof(u32));
+  __uint(max_entries, NUM_PROGS);
+} unwind_progs SEC(".maps");
+
+/* Finished traces go to user space through this perf event array. */
+struct {
+  __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+  __uint(key_size, sizeof(u32));
+  __uint(value_size, sizeof(u32));
+} trace_events SEC(".maps");
+
+#endif /* UNWINDER_MAPS_H */

@@ -1,0 +1,1 @@
+"""coredump harness: replay real core dumps through an eBPF stack unwinder in user space."""

@@ -1,0 +1,143 @@
+"""The user-space agent: tells the unwinder about one process through its maps.
+
+It does what a profiler's agent does for a process it starts tracing: one
+LPM-trie entry set per file mapping (which module, which load bias), and the
+module's stack deltas, derived from .eh_frame/.debug_frame and cached per
+module content hash. Deltas are loaded when the unwinder first asks for a
+module, so a case only pays for the modules its stacks touch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from . import bpf_abi
+from .bpf_abi import ARCH_ARM64, DELTA_PAGE_BITS
+from .bridge import Unwinder
+from .build import cache_root
+from .errors import HarnessError
+from .helpers import ArrayMap, HashMap, LpmTrieMap
+from .process import Module, Process
+from .unwind_data import FRAME_POINTER_RULE, UnwindRule, load_unwind_data
+
+_PAGE_KEY = struct.Struct("<QQ")
+_M = TypeVar("_M")
+
+
+def address_prefixes(start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Split [start, end) into aligned blocks: (block start, prefix bits of a u64)."""
+    while start < end:
+        size = start & -start if start else 1 << 64
+        while size > end - start:
+            size >>= 1
+        yield start, 64 - (size.bit_length() - 1)
+        start += size
+
+
+class Agent:
+    """Fills an Unwinder's maps for one Process."""
+
+    def __init__(self, unwinder: Unwinder, process: Process,
+                 cache_dir: str | Path | None = None) -> None:
+        self.unwinder = unwinder
+        self.process = process
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
+        self.modules_by_file_id: dict[int, Module] = {}
+        self.loaded_file_ids: set[int] = set()
+        self._rule_index: dict[UnwindRule, int] = {}
+        self._next_delta = 0
+
+        self._mappings = self._map("pid_mappings", LpmTrieMap)
+        self._pages = self._map("delta_pages", HashMap)
+        self._deltas = self._map("stack_deltas", ArrayMap)
+        self._rules = self._map("unwind_rules", ArrayMap)
+        self._config = self._map("unwinder_config", ArrayMap)
+
+    def _map(self, name: str, kind: type[_M]) -> _M:
+        bpf_map = self.unwinder.maps[name]
+        assert isinstance(bpf_map, kind), f"{name} is a {type(bpf_map).__name__}"
+        return bpf_map
+
+    def attach(self) -> None:
+        """Reset the unwinder and describe this process to it."""
+        self.unwinder.reset()
+        self._write_config()
+        for mapping in self.process.mappings:
+            if mapping.module is not None:
+                self.modules_by_file_id[mapping.module.file_id] = mapping.module
+                self._add_mapping(mapping.start, mapping.end, mapping.module.file_id,
+                                  mapping.bias)
+        self._pages.on_miss = self._on_page_miss
+
+    def _write_config(self) -> None:
+        config = bpf_abi.UnwinderConfig(ra_mask=0)
+        if self.process.arch == ARCH_ARM64:
+            masks = {t.pac_mask for t in self.process.threads if t.pac_mask}
+            if masks:
+                config.ra_mask = ~max(masks) & 0xFFFF_FFFF_FFFF_FFFF
+        self._config.write(0, bytes(config))
+
+    def _add_mapping(self, start: int, end: int, file_id: int, bias: int) -> None:
+        value = bytes(bpf_abi.MappingInfo(file_id, bias & 0xFFFF_FFFF_FFFF_FFFF))
+        for block, bits in address_prefixes(start, end):
+            key = bpf_abi.MappingKey(32 + bits, self.process.pid,
+                                     int.from_bytes(block.to_bytes(8, "big"), "little"))
+            if self._mappings.update(bytes(key), value) != 0:
+                raise HarnessError(f"pid_mappings is full ({self._mappings.max_entries} entries)")
+
+    def _on_page_miss(self, key: bytes) -> None:
+        file_id, _ = _PAGE_KEY.unpack(key)
+        module = self.modules_by_file_id.get(file_id)
+        if module is None or file_id in self.loaded_file_ids:
+            return
+        self.loaded_file_ids.add(file_id)
+        self.load_module_deltas(module)
+
+    def _rule(self, rule: UnwindRule) -> int:
+        index = self._rule_index.get(rule)
+        if index is None:
+            index = len(self._rule_index)
+            if index >= self._rules.max_entries:
+                raise HarnessError("unwind_rules is full")
+            c_rule = bpf_abi.UnwindRule(rule.cfa_op, rule.aux, 0, rule.cfa_param,
+                                        rule.fp_offset, rule.ra_offset)
+            self._rules.write(index, bytes(c_rule))
+            self._rule_index[rule] = index
+        return index
+
+    def load_module_deltas(self, module: Module) -> int:
+        """Write a module's stack deltas into the maps; returns the number of deltas."""
+        data = load_unwind_data(module.local_path, module.content_id, self.cache_dir)
+        deltas = data.deltas
+        if not deltas:
+            return 0  # no unwind data: the unwinder falls back to frame pointers
+        page_mask = (1 << DELTA_PAGE_BITS) - 1
+        packed = bytearray()
+        first_page = deltas[0][0] >> DELTA_PAGE_BITS
+        last_page = deltas[-1][0] >> DELTA_PAGE_BITS
+        i = 0
+        current = FRAME_POINTER_RULE  # before a module's first FDE
+        for page in range(first_page, last_page + 1):
+            page_start = page << DELTA_PAGE_BITS
+            start_index = self._next_delta + len(packed) // 4
+            entries = []
+            if i >= len(deltas) or deltas[i][0] != page_start:
+                entries.append((0, self._rule(current)))  # rule in force at the page start
+            while i < len(deltas) and deltas[i][0] >> DELTA_PAGE_BITS == page:
+                addr, rule = deltas[i]
+                entries.append((addr & page_mask, self._rule(rule)))
+                current = rule
+                i += 1
+            for low, rule_index in entries:
+                packed += struct.pack("<HH", low, rule_index)
+            page_value = bytes(bpf_abi.DeltaPage(start_index, len(entries)))
+            if self._pages.update(_PAGE_KEY.pack(module.file_id, page), page_value) != 0:
+                raise HarnessError(f"delta_pages is full ({self._pages.max_entries} pages)")
+        count = len(packed) // ctypes.sizeof(bpf_abi.StackDelta)
+        self._deltas.write(self._next_delta, bytes(packed))
+        self._next_delta += count
+        return count

@@ -1,0 +1,138 @@
+"""BPF helper functions implemented in Python and handed to C via ctypes.
+
+Every piece of target memory the unwinder sees comes through
+`probe_read_user`, which reads the process model and copies into the C
+buffer; C never dereferences a target address itself, so a wrong address in
+the unwinder is a failed read, not a crash of the Python process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Callable
+from ctypes import CFUNCTYPE, c_int64, c_uint32, c_uint64, c_void_p
+from dataclasses import dataclass, field
+
+from .maps import BpfMap, PerfEventArrayMap, ProgArrayMap
+
+EFAULT = 14
+EINVAL = 22
+MAX_READ_SIZE = 1 << 16  # no BPF program can ask for more in one read
+
+MemoryReader = Callable[[int, int], bytes | None]
+
+MAP_LOOKUP_ELEM = CFUNCTYPE(c_void_p, c_void_p, c_void_p)
+MAP_UPDATE_ELEM = CFUNCTYPE(c_int64, c_void_p, c_void_p, c_void_p, c_uint64)
+KTIME_GET_NS = CFUNCTYPE(c_uint64)
+GET_SMP_PROCESSOR_ID = CFUNCTYPE(c_uint32)
+GET_CURRENT_PID_TGID = CFUNCTYPE(c_uint64)
+PERF_EVENT_OUTPUT = CFUNCTYPE(c_int64, c_void_p, c_void_p, c_uint64, c_void_p, c_uint64)
+PROBE_READ_USER = CFUNCTYPE(c_int64, c_void_p, c_uint32, c_void_p)
+PROG_ARRAY_LOOKUP = CFUNCTYPE(c_void_p, c_void_p, c_uint32)
+
+
+def _no_memory(addr: int, size: int) -> bytes | None:
+    return None
+
+
+@dataclass
+class HelperEnv:
+    """What the helpers see of the simulated machine while a program runs."""
+
+    maps_by_addr: dict[int, BpfMap]
+    read_memory: MemoryReader = _no_memory
+    pid: int = 0
+    tid: int = 0
+    # Reads covering any of these addresses fail (the case file's fault-addresses).
+    fault_addresses: frozenset[int] = frozenset()
+    faults_hit: set[int] = field(default_factory=set)
+    reads: int = 0
+    failed_reads: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def map_at(self, addr: int | None) -> BpfMap:
+        found = self.maps_by_addr.get(addr or 0)
+        if found is None:
+            raise LookupError(f"C passed {addr:#x} as a map pointer, which is no known map")
+        return found
+
+
+def _guard(env: HelperEnv, name: str, failure: int, fn: Callable[..., int]) -> Callable[..., int]:
+    """ctypes swallows exceptions raised in callbacks; record them for the bridge instead."""
+
+    def wrapper(*args: object) -> int:
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - reported after the program returns
+            env.errors.append(f"{name}: {type(e).__name__}: {e}")
+            return failure
+
+    return wrapper
+
+
+def make_helpers(env: HelperEnv) -> dict[str, object]:
+    """ctypes callbacks keyed by the C symbol they are assigned to."""
+
+    def map_lookup_elem(map_addr: int, key_addr: int) -> int:
+        return env.map_at(map_addr).lookup_addr(key_addr)
+
+    def map_update_elem(map_addr: int, key_addr: int, value_addr: int, flags: int) -> int:
+        return env.map_at(map_addr).update_addr(key_addr, value_addr, flags)
+
+    def ktime_get_ns() -> int:
+        return time.monotonic_ns()
+
+    def get_smp_processor_id() -> int:
+        return 0
+
+    def get_current_pid_tgid() -> int:
+        return (env.pid << 32) | env.tid
+
+    def perf_event_output(ctx: int, map_addr: int, flags: int, data: int, size: int) -> int:
+        target = env.map_at(map_addr)
+        if not isinstance(target, PerfEventArrayMap) or size > MAX_READ_SIZE:
+            return -EINVAL
+        target.records.append(ctypes.string_at(data, size))
+        return 0
+
+    def probe_read_user(dst: int, size: int, src: int | None) -> int:
+        env.reads += 1
+        src = src or 0
+        if size > MAX_READ_SIZE:
+            env.errors.append(f"probe_read_user: C asked for {size} bytes at {src:#x}")
+            return -EINVAL
+        data = None
+        if not any(src <= a < src + size for a in env.fault_addresses):
+            data = env.read_memory(src, size)
+        else:
+            env.faults_hit.update(a for a in env.fault_addresses if src <= a < src + size)
+        if data is None or len(data) != size:
+            env.failed_reads += 1
+            ctypes.memset(dst, 0, size)  # the kernel zeroes the buffer on failure
+            return -EFAULT
+        ctypes.memmove(dst, data, size)
+        return 0
+
+    def prog_array_lookup(map_addr: int, index: int) -> int:
+        target = env.map_at(map_addr)
+        if not isinstance(target, ProgArrayMap):
+            return 0
+        return target.program_at(index)
+
+    return {
+        "bpf_map_lookup_elem": MAP_LOOKUP_ELEM(_guard(env, "map_lookup_elem", 0, map_lookup_elem)),
+        "bpf_map_update_elem": MAP_UPDATE_ELEM(
+            _guard(env, "map_update_elem", -EINVAL, map_update_elem)),
+        "bpf_ktime_get_ns": KTIME_GET_NS(_guard(env, "ktime_get_ns", 0, ktime_get_ns)),
+        "bpf_get_smp_processor_id": GET_SMP_PROCESSOR_ID(
+            _guard(env, "get_smp_processor_id", 0, get_smp_processor_id)),
+        "bpf_get_current_pid_tgid": GET_CURRENT_PID_TGID(
+            _guard(env, "get_current_pid_tgid", 0, get_current_pid_tgid)),
+        "bpf_perf_event_output": PERF_EVENT_OUTPUT(
+            _guard(env, "perf_event_output", -EINVAL, perf_event_output)),
+        "bpf_probe_read_user": PROBE_READ_USER(
+            _guard(env, "probe_read_user", -EFAULT, probe_read_user)),
+        "harness_prog_array_lookup": PROG_ARRAY_LOOKUP(
+            _guard(env, "tail_call", 0, prog_array_lookup)),
+    }

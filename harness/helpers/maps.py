@@ -1,0 +1,275 @@
+"""BPF maps implemented in Python.
+
+The C code receives pointers to map values, so every value lives in a ctypes
+buffer that stays at the same address for as long as the entry exists (the
+kernel gives the same guarantee for array maps and, for the duration of a
+program run, for hash maps). Keys arrive as pointers and are copied out as
+bytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+# Kernel map type numbers (uapi bpf.h).
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PROG_ARRAY = 3
+BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LPM_TRIE = 11
+
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
+ENOENT, E2BIG, EEXIST, EINVAL = 2, 7, 17, 22
+
+
+class BpfMap:
+    """Common interface: the C-facing lookup/update take raw addresses."""
+
+    map_type = 0
+
+    def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
+        self.name = name
+        self.key_size = key_size
+        self.value_size = value_size
+        self.max_entries = max_entries
+        self.lookups = 0
+
+    def key_bytes(self, key_addr: int) -> bytes:
+        return ctypes.string_at(key_addr, self.key_size)
+
+    def lookup_addr(self, key_addr: int) -> int:
+        """C's bpf_map_lookup_elem: address of the value, or 0."""
+        self.lookups += 1
+        return self.lookup(self.key_bytes(key_addr))
+
+    def update_addr(self, key_addr: int, value_addr: int, flags: int) -> int:
+        value = ctypes.string_at(value_addr, self.value_size)
+        return self.update(self.key_bytes(key_addr), value, flags)
+
+    def lookup(self, key: bytes) -> int:
+        raise NotImplementedError
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        raise NotImplementedError
+
+
+class ArrayMap(BpfMap):
+    """Fixed-size array, zero-filled, allocated in chunks on first touch so a
+    map declared with millions of entries costs only what is used."""
+
+    map_type = BPF_MAP_TYPE_ARRAY
+    CHUNK_ENTRIES = 4096
+
+    def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
+        super().__init__(name, key_size, value_size, max_entries)
+        self._chunks: dict[int, ctypes.Array[ctypes.c_char]] = {}
+
+    def _chunk(self, chunk_index: int) -> ctypes.Array[ctypes.c_char]:
+        chunk = self._chunks.get(chunk_index)
+        if chunk is None:
+            chunk = ctypes.create_string_buffer(self.CHUNK_ENTRIES * self.value_size)
+            self._chunks[chunk_index] = chunk
+        return chunk
+
+    def index_addr(self, index: int) -> int:
+        """Address of element `index` (0 if out of range)."""
+        if not 0 <= index < self.max_entries:
+            return 0
+        chunk_index, offset = divmod(index, self.CHUNK_ENTRIES)
+        return ctypes.addressof(self._chunk(chunk_index)) + offset * self.value_size
+
+    def lookup(self, key: bytes) -> int:
+        return self.index_addr(int.from_bytes(key[:4], "little"))
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
+        addr = self.lookup(key)
+        if not addr:
+            return -E2BIG
+        if flags == BPF_NOEXIST:
+            return -EEXIST
+        ctypes.memmove(addr, value, self.value_size)
+        return 0
+
+    def write(self, index: int, value: bytes) -> None:
+        """Bulk write of consecutive elements starting at `index` (agent side)."""
+        if len(value) % self.value_size:
+            raise ValueError(f"{self.name}: {len(value)} bytes is not a whole number of values")
+        count = len(value) // self.value_size
+        if index < 0 or index + count > self.max_entries:
+            raise IndexError(f"{self.name}: elements {index}..{index + count} exceed "
+                             f"max_entries {self.max_entries}")
+        pos = 0
+        while pos < count:
+            chunk_index, offset = divmod(index + pos, self.CHUNK_ENTRIES)
+            n = min(count - pos, self.CHUNK_ENTRIES - offset)
+            dst = ctypes.addressof(self._chunk(chunk_index)) + offset * self.value_size
+            start = pos * self.value_size
+            ctypes.memmove(dst, value[start:start + n * self.value_size], n * self.value_size)
+            pos += n
+
+    def clear(self) -> None:
+        self._chunks.clear()
+
+
+class PerCpuArrayMap(ArrayMap):
+    """The harness runs on one simulated CPU, so per-CPU is a plain array."""
+
+    map_type = BPF_MAP_TYPE_PERCPU_ARRAY
+
+
+class HashMap(BpfMap):
+    """Hash map. `on_miss` lets the agent fill entries lazily, the way a
+    profiler's agent reacts to a process it has not seen yet; the C code
+    cannot tell the difference."""
+
+    map_type = BPF_MAP_TYPE_HASH
+
+    def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
+        super().__init__(name, key_size, value_size, max_entries)
+        self._values: dict[bytes, ctypes.Array[ctypes.c_char]] = {}
+        self.on_miss: Callable[[bytes], None] | None = None
+
+    def lookup(self, key: bytes) -> int:
+        buf = self._values.get(key)
+        if buf is None and self.on_miss is not None:
+            self.on_miss(key)
+            buf = self._values.get(key)
+        return ctypes.addressof(buf) if buf is not None else 0
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
+        if len(key) != self.key_size or len(value) != self.value_size:
+            return -EINVAL
+        buf = self._values.get(key)
+        if buf is not None:
+            if flags == BPF_NOEXIST:
+                return -EEXIST
+            ctypes.memmove(buf, value, self.value_size)
+            return 0
+        if flags == BPF_EXIST:
+            return -ENOENT
+        if len(self._values) >= self.max_entries:
+            return -E2BIG
+        self._values[key] = ctypes.create_string_buffer(value, self.value_size)
+        return 0
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def clear(self) -> None:
+        self._values.clear()
+
+
+class LpmTrieMap(BpfMap):
+    """Longest-prefix-match trie. A key is a u32 prefix length followed by the
+    data bytes, compared most significant bit of the first byte first."""
+
+    map_type = BPF_MAP_TYPE_LPM_TRIE
+
+    def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
+        super().__init__(name, key_size, value_size, max_entries)
+        self.data_bits = (key_size - 4) * 8
+        # prefix length -> (data >> (data_bits - prefixlen)) -> value buffer
+        self._levels: dict[int, dict[int, ctypes.Array[ctypes.c_char]]] = {}
+        self._lengths: list[int] = []  # prefix lengths present, longest first
+        self._count = 0
+
+    def _split(self, key: bytes) -> tuple[int, int]:
+        prefixlen = int.from_bytes(key[:4], "little")
+        return prefixlen, int.from_bytes(key[4:], "big")
+
+    def lookup(self, key: bytes) -> int:
+        max_len, data = self._split(key)
+        for length in self._lengths:
+            if length > max_len:
+                continue
+            buf = self._levels[length].get(data >> (self.data_bits - length))
+            if buf is not None:
+                return ctypes.addressof(buf)
+        return 0
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
+        length, data = self._split(key)
+        if length > self.data_bits or len(value) != self.value_size:
+            return -EINVAL
+        level = self._levels.get(length)
+        if level is None:
+            level = self._levels[length] = {}
+            self._lengths = sorted(self._levels, reverse=True)
+        prefix = data >> (self.data_bits - length)
+        buf = level.get(prefix)
+        if buf is not None:
+            if flags == BPF_NOEXIST:
+                return -EEXIST
+            ctypes.memmove(buf, value, self.value_size)
+            return 0
+        if flags == BPF_EXIST:
+            return -ENOENT
+        if self._count >= self.max_entries:
+            return -E2BIG
+        level[prefix] = ctypes.create_string_buffer(value, self.value_size)
+        self._count += 1
+        return 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def clear(self) -> None:
+        self._levels.clear()
+        self._lengths = []
+        self._count = 0
+
+
+class ProgArrayMap(BpfMap):
+    """Slots hold program entry addresses (the host stand-in for prog fds)."""
+
+    map_type = BPF_MAP_TYPE_PROG_ARRAY
+
+    def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
+        super().__init__(name, key_size, value_size, max_entries)
+        self.programs: dict[int, int] = {}
+
+    def program_at(self, index: int) -> int:
+        return self.programs.get(index, 0) if 0 <= index < self.max_entries else 0
+
+    def lookup(self, key: bytes) -> int:
+        return 0  # the kernel does not let programs look into prog arrays
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
+        return -EINVAL
+
+    def clear(self) -> None:
+        pass  # programs stay installed across processes
+
+
+class PerfEventArrayMap(BpfMap):
+    """Collects what bpf_perf_event_output sends; user space drains it."""
+
+    map_type = BPF_MAP_TYPE_PERF_EVENT_ARRAY
+
+    def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
+        super().__init__(name, key_size, value_size, max_entries)
+        self.records: list[bytes] = []
+
+    def lookup(self, key: bytes) -> int:
+        return 0
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
+        return -EINVAL
+
+    def drain(self) -> list[bytes]:
+        records, self.records = self.records, []
+        return records
+
+    def clear(self) -> None:
+        self.records = []
+
+
+MAP_CLASSES: dict[int, type[BpfMap]] = {
+    cls.map_type: cls
+    for cls in (ArrayMap, PerCpuArrayMap, HashMap, LpmTrieMap, ProgArrayMap, PerfEventArrayMap)
+}

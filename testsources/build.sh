@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build the test programs into OUTDIR (default: testsources/build/amd64).
+#
+#   testsources/build.sh [OUTDIR]
+#
+# Every binary carries -g so gdb can name frames.  A target is rebuilt only if
+# it is missing or older than its source or this script; each one is written
+# to a temporary name and renamed, so concurrent runs and interrupted builds
+# never leave a half-written binary behind.  Any compiler error stops the
+# script with a non-zero exit status.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+outdir="${1:-$here/build/amd64}"
+CC="${CC:-gcc}"
+CXX="${CXX:-g++}"
+mkdir -p "$outdir"
+
+# build OUTPUT COMPILER SOURCE FLAGS...
+build() {
+    local out="$outdir/$1" compiler="$2" src="$here/$3"
+    shift 3
+    if [[ -e "$out" && "$out" -nt "$src" && "$out" -nt "${BASH_SOURCE[0]}" ]]; then
+        return 0
+    fi
+    local tmp="$out.tmp.$$"
+    if ! "$compiler" -g -Wall -Wextra "$@" -o "$tmp" "$src"; then
+        rm -f "$tmp"
+        echo "build.sh: FAILED to build $out from $src" >&2
+        exit 1
+    fi
+    mv -f "$tmp" "$out"
+    echo "built $out"
+}
+
+for opt in O0 O2 O3; do
+    build "chain.$opt.fp"   "$CC" chain.c "-$opt" -fno-omit-frame-pointer
+    build "chain.$opt.nofp" "$CC" chain.c "-$opt" -fomit-frame-pointer
+done
+build threads  "$CC"  threads.c  -O2 -pthread
+build recurse  "$CC"  recurse.c  -O1
+build cxx      "$CXX" cxx.cpp    -O2 -std=c++17 -pthread
+build static   "$CC"  static.c   -O2 -static
+build sigframe "$CC"  sigframe.c -O2
