@@ -507,8 +507,8 @@ class CoreFile:
         Hot path (called for every 8-byte load the unwinder makes): one bisect and a
         single mmap slice when the range lies inside one stored segment.
         """
-        if size < 0 or addr < 0 or addr + size > _ADDR_LIMIT:
-            return None
+        if size < 0 or not 0 <= addr < _ADDR_LIMIT or addr + size > _ADDR_LIMIT:
+            return None  # not a u64 address, or the range wraps past the top
         if size == 0:
             return b""
         i = bisect_right(self._st_starts, addr) - 1

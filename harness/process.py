@@ -140,6 +140,8 @@ class Process:
     mappings: list[Mapping] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # Modules whose file served a memory read (they must be bundled).
+        self.read_from: set[str] = set()
         if not self.mappings:
             self.mappings = [self._mapping(m) for m in self.core.mappings]
         self.mappings.sort(key=lambda m: m.start)
@@ -179,6 +181,7 @@ class Process:
         if mapping is not None:
             data = mapping.read(addr, size)
             if data is not None:
+                self.read_from.add(mapping.path)
                 return data
         return self._read_pieces(addr, size)
 

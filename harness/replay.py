@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,8 +58,8 @@ class ProcessResult:
     faults_hit: set[int] = field(default_factory=set)
 
 
-def open_process(core_path: str | Path, module_files: dict[str, tuple[str | Path, str | None]]
-                 ) -> Process:
+def open_process(core_path: str | Path,
+                 module_files: Mapping[str, tuple[str | Path, str | None]]) -> Process:
     """A Process from a core and {original path: (local file, content id or None)}."""
     core = CoreFile(core_path)
     modules = {path: Module(path, local, cid) for path, (local, cid) in module_files.items()}
@@ -79,7 +80,9 @@ def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset
     agent = Agent(unwinder, process)
     agent.attach()
     names = {m.file_id: m.name for m in process.modules.values()}
-    results, touched, faults = [], set(), set()
+    results: list[ThreadResult] = []
+    touched: set[int] = set()
+    faults: set[int] = set()
     for thread in process.threads:
         trace = unwinder.unwind(regs_struct(process.arch, thread), process.pid, thread.lwp,
                                 process.read, fault_addresses)

@@ -6,7 +6,7 @@ sorted list of (address, rule) pairs. Each rule says how to find the caller's fr
 (CFA, saved frame pointer, return address) for every PC up to the next entry; the C
 side binary-searches this list. The numeric constants below are mirrored in C.
 
-Extraction is slow (pure-Python DWARF decoding, ~0.5 s for libc), so results are
+Extraction is slow (pure-Python DWARF decoding, ~1 s for libc), so results are
 cached per module content hash in a compact, checksummed binary file.
 """
 
@@ -151,6 +151,8 @@ _ELF_FORMAT_ERRORS = (ELFError, ConstructError, struct.error, ValueError)
 
 
 class _Stats:
+    """Counters shared by the section walker and the FDE decoder."""
+
     def __init__(self) -> None:
         self.fde_count = 0
         self.fde_errors = 0
@@ -283,9 +285,7 @@ def _is_cie_id(data: bytes, pos: int, size: int, order: str, for_eh_frame: bool)
 # ------------------------------------------------------------------------- FDE decoding
 
 
-def _fde_segments(
-    fde: FDE, start: int, end: int, arch: _Arch
-) -> list[tuple[int, int, UnwindRule]]:
+def _fde_segments(fde: FDE, start: int, end: int, arch: _Arch) -> list[tuple[int, int, UnwindRule]]:
     """The (start, end, rule) pieces of one FDE, in address order."""
     cie = fde.cie
     assert cie is not None
@@ -318,9 +318,9 @@ def _is_signal_frame(cie: CIE) -> bool:
 def _normalize_instructions(entry: CFIEntry) -> None:
     """Work around two pyelftools 0.33 decoder gaps before get_decoded() runs.
 
-    - DW_CFA_GNU_args_size (emitted around calls in code with -fno-omit-frame-pointer
-      pushes, e.g. Debian's libc) is parsed but rejected by the decoder; it only
-      matters for exception landing pads, so dropping it is exact for our purpose.
+    - DW_CFA_GNU_args_size (GCC emits it where call arguments are pushed in code that
+      may throw; one FDE in Debian's libc) is parsed but rejected by the decoder. It
+      only tells landing pads how much to pop, so dropping it is exact for us.
     - DW_CFA_def_cfa_sf's offset is scaled by the code (not data) alignment factor;
       rewrite it as an equivalent, unfactored DW_CFA_def_cfa.
     """

@@ -247,6 +247,8 @@ def test_kernel_core(kernel_core: LiveCore) -> None:
         assert core.siginfo.addr is None
         assert core.threads[0].signal == SIGILL
         assert len(core.threads) == 3
+        # The kernel turns argv's NULs into spaces; the trailing one is dropped.
+        assert core.process is not None and core.process.psargs == "./prog 3"
 
 
 def test_kernel_core_partial_segment(kernel_core: LiveCore) -> None:
@@ -432,6 +434,7 @@ def _arm64_core() -> bytes:
         _note("GDB", NT_GDB_TDESC, b"<target>aarch64</target>"),
         _note("LINUX", 0x999, b"unknown note, ignored"),
         _note("CORE", NT_PRSTATUS, _prstatus(4243, 0, [7] * 34)),
+        _note("CORE", NT_SIGINFO, _siginfo(5, 1, 0x1234)),  # gdb-style per-thread copy
     ]
     return _build_core(183, notes, [Load(0x400000, 0x10000, b"\x01\x02\x03\x04\x05", 5)])
 
@@ -466,6 +469,18 @@ def test_synthetic_arm64(tmp_path: Path) -> None:
         assert core.covers(0x400004) and not core.covers(0x400005)
 
 
+def test_page_size_prefers_auxv_over_gdb_nt_file(tmp_path: Path) -> None:
+    """gcore writes NT_FILE with page_size 1 and byte offsets; AT_PAGESZ gives the real size."""
+    notes = [
+        _note("CORE", NT_PRSTATUS, _prstatus(1, 0, [0] * 27)),
+        _note("CORE", NT_AUXV, struct.pack("<4Q", AT_PAGESZ, 16384, 0, 0)),
+        _note("CORE", NT_FILE, _nt_file(1, [(0x10000, 0x14000, 0x2000, "/lib/x.so")])),
+    ]
+    with CoreFile(_write(tmp_path, _build_core(62, notes, []))) as core:
+        assert core.page_size == 16384
+        assert core.mappings == [FileMapping(0x10000, 0x14000, 0x2000, "/lib/x.so")]
+
+
 def test_siginfo_addr_only_for_fault_signals(tmp_path: Path) -> None:
     # (signo, si_code, the u64 stored at offset 16, expected addr)
     cases = [
@@ -493,6 +508,7 @@ def layout_core(tmp_path: Path) -> Path:
         Load(0x10100, 0x100, bytes(range(0x80, 0x100)) * 2, gap=16),
         Load(0x20000, 0x1000, b"P" * 0x10),
         Load(0x10000, 0x100, bytes(range(0x80)) * 2, flags=5),
+        Load(2**64 - 0x10, 0x10, b"T" * 0x10),  # ends exactly at the top of the address space
     ]
     notes = [_note("CORE", NT_PRSTATUS, _prstatus(7, 0, list(range(27))))]
     return _write(tmp_path, _build_core(62, notes, loads))
@@ -506,7 +522,7 @@ def test_synthetic_amd64_defaults(layout_core: Path) -> None:
         assert core.mappings == [] and core.auxv == {}
         assert core.process is None and core.siginfo is None
         assert core.page_size == 4096
-        assert [s.vaddr for s in core.segments] == [0x10000, 0x10100, 0x20000, 0x30000]
+        assert [s.vaddr for s in core.segments] == [0x10000, 0x10100, 0x20000, 0x30000, 2**64 - 16]
         assert core.segments[0].flags == 5
 
 
@@ -525,7 +541,9 @@ def test_read_semantics(layout_core: Path) -> None:
         assert core.read(0x30000, 1) is None  # filesz == 0
         assert core.read(0x10000, 0) == b"" and core.read(0x30000, 0) == b""
         assert core.read(0x10000, -1) is None and core.read(-8, 8) is None
+        assert core.read(2**64 - 8, 8) == b"T" * 8
         assert core.read(2**64 - 1, 2) is None and core.read(2**64, 1) is None
+        assert core.read(2**64, 0) is None and core.read(-1, 0) is None
         assert core.read(0x10000, 2**70) is None
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from ctypes import CFUNCTYPE, c_int64, c_uint32, c_uint64, c_void_p
 from dataclasses import dataclass, field
+from typing import Any
 
 from .maps import BpfMap, PerfEventArrayMap, ProgArrayMap
 
@@ -71,7 +72,7 @@ def _guard(env: HelperEnv, name: str, failure: int, fn: Callable[..., int]) -> C
     return wrapper
 
 
-def make_helpers(env: HelperEnv) -> dict[str, object]:
+def make_helpers(env: HelperEnv) -> dict[str, Any]:
     """ctypes callbacks keyed by the C symbol they are assigned to."""
 
     def map_lookup_elem(map_addr: int, key_addr: int) -> int:

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Record the bundled amd64 cases from the programs in this directory.
+
+Each program is started, waited for until it prints `ready`, then frozen
+either by gcore (`coredump new -pid`) or by the kernel (SIGILL with an
+unlimited core size, then `coredump new -core`). Every recording is checked
+against gdb by `new` itself.
+
+    .venv/bin/python testsources/record_cases.py [--only NAME...] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from harness.record import record_case  # noqa: E402
+
+BUILD = HERE / "build" / "amd64"
+
+# (case name, program, how to freeze it)
+CASES = [
+    ("chain.O0.fp", "chain.O0.fp", "gcore"),
+    ("chain.O0.nofp.sigill", "chain.O0.nofp", "kernel"),
+    ("chain.O2.fp", "chain.O2.fp", "gcore"),
+    ("chain.O2.nofp", "chain.O2.nofp", "gcore"),
+    ("chain.O3.fp.sigill", "chain.O3.fp", "kernel"),
+    ("chain.O3.nofp", "chain.O3.nofp", "gcore"),
+    ("threads", "threads", "gcore"),
+    ("threads.sigill", "threads", "kernel"),
+    ("recurse", "recurse", "gcore"),
+    ("cxx", "cxx", "gcore"),
+    ("static.sigill", "static", "kernel"),
+    ("sigframe", "sigframe", "gcore"),
+]
+
+
+def start(program: Path, cwd: str, core_limit: bool) -> subprocess.Popen[str]:
+    def preexec() -> None:
+        if core_limit:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_CORE,
+                               (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    proc = subprocess.Popen([str(program)], cwd=cwd, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=preexec)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("ready"):
+        proc.kill()
+        raise SystemExit(f"{program.name} did not become ready (printed {line!r})")
+    time.sleep(0.2)  # let every thread settle into its blocking call
+    return proc
+
+
+def kernel_core(proc: subprocess.Popen[str], cwd: str) -> Path:
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    if pattern.startswith("|"):
+        raise SystemExit(f"core_pattern pipes cores to {pattern!r}; kernel cores need a file "
+                         "pattern such as `core`")
+    os.kill(proc.pid, signal.SIGILL)
+    proc.wait(timeout=30)
+    cores = sorted(Path(cwd).glob("core*"), key=lambda p: p.stat().st_mtime)
+    if not cores:
+        raise SystemExit(f"no core file appeared in {cwd} (core_pattern {pattern!r})")
+    return cores[-1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="case names to record")
+    parser.add_argument("--force", action="store_true", help="overwrite existing cases")
+    args = parser.parse_args()
+    subprocess.run([str(HERE / "build.sh"), str(BUILD)], check=True)
+    for name, program, method in CASES:
+        if args.only and name not in args.only:
+            continue
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="record-") as cwd:
+            proc = start(BUILD / program, cwd, core_limit=method == "kernel")
+            try:
+                if method == "gcore":
+                    case = record_case(name, pid=proc.pid, force=args.force, progress=print)
+                else:
+                    case = record_case(name, core=kernel_core(proc, cwd), force=args.force,
+                                       progress=print)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        frames = sum(len(t.frames) for t in case.threads)
+        print(f"== {name}: {len(case.threads)} threads, {frames} frames, "
+              f"{time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
