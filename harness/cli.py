@@ -42,7 +42,7 @@ def cmd_new(args: argparse.Namespace) -> int:
     case = record_case(
         args.name, core=args.core, pid=args.pid, sysroot=args.sysroot,
         gdb_differences=args.gdb_differences, check_gdb=not args.no_gdb_check,
-        force=args.force, progress=_stderr,
+        force=args.force, progress=_stderr, testdata=Path(args.testdata),
     )
     frames = sum(len(t.frames) for t in case.threads)
     print(f"wrote {case.path}: {len(case.threads)} threads, {frames} frames, "
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "no-gdb-check", dest="no_gdb_check", action="store_true",
           help="skip the gdb comparison")
     _flag(p, "force", action="store_true", help="overwrite an existing case")
+    _flag(p, "testdata", default=str(TESTDATA),
+          help="testdata directory to write to (default: the repository's)")
     p.set_defaults(func=cmd_new)
 
     p = sub.add_parser("analyze", help="print each thread's frames for a case or a core")

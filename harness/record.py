@@ -22,7 +22,7 @@ from .errors import HarnessError
 from .formatting import frame_diff
 from .gdb_oracle import gdb_available, gdb_backtraces, make_sysroot
 from .process import Process
-from .replay import open_case, open_process, unwind_process
+from .replay import open_case, open_process, store_for, unwind_process
 from .store import BlobStore
 from .testcase import ModuleRef, TestCase, ThreadFrames
 
@@ -165,7 +165,7 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         raise HarnessError("give exactly one of -core FILE and -pid PID")
     if not name or "/" in name or name.startswith("."):
         raise HarnessError(f"invalid case name {name!r}")
-    store = store or BlobStore()
+    store = store or BlobStore(testdata / "blobs")
     with tempfile.TemporaryDirectory(prefix="coredump-new-") as tmp:
         if pid is not None:
             progress(f"running gcore on pid {pid}")
@@ -222,7 +222,7 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
 
 def verify_case(case: TestCase, store: BlobStore | None = None) -> GdbComparison:
     """Re-run the gdb comparison for a recorded case."""
-    store = store or BlobStore()
+    store = store or store_for(case)
     process = open_case(case, store)
     try:
         return compare_with_gdb(process, store.local_path(case.coredump_ref), case.threads)

@@ -73,6 +73,13 @@ def open_case(case: TestCase, store: BlobStore) -> Process:
     return open_process(store.local_path(case.coredump_ref), files)
 
 
+def store_for(case: TestCase) -> BlobStore:
+    """The store beside the case's testdata directory (testdata/<arch>/x.json -> testdata/blobs)."""
+    if case.path is not None:
+        return BlobStore(case.path.resolve().parent.parent / "blobs")
+    return BlobStore()
+
+
 def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset()
                    ) -> ProcessResult:
     """Unwind every thread of the process with the C unwinder."""
@@ -129,7 +136,7 @@ def replay_case(case: TestCase | str | Path, store: BlobStore | None = None) -> 
     """Replay one case and compare it with its expected frames."""
     if not isinstance(case, TestCase):
         case = load_case(case)
-    store = store or BlobStore()
+    store = store or store_for(case)
     start = time.perf_counter()
     process = open_case(case, store)
     try:

@@ -1,0 +1,97 @@
+"""The ctypes bridge: the C unwinder under bad input, helper failures and tail calls."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+
+from harness.agent import Agent
+from harness.bpf_abi import ARCH_AMD64, ARCH_ARM64, check_abi
+from harness.bridge import get_unwinder
+from harness.build import REPO_ROOT
+from harness.errors import BuildError, HarnessError
+from harness.formatting import format_trace
+from harness.replay import open_case, regs_struct, replay_case, store_for
+from harness.testcase import load_case
+
+CASES = REPO_ROOT / "testdata" / "amd64"
+
+
+def _case(name: str):  # type: ignore[no-untyped-def]
+    path = CASES / f"{name}.json"
+    if not path.exists():
+        pytest.skip(f"bundled case {path} is missing")
+    return load_case(path)
+
+
+def _unwind(case_name: str, read=None, **reg_overrides: int):  # type: ignore[no-untyped-def]
+    case = _case(case_name)
+    process = open_case(case, store_for(case))
+    unwinder = get_unwinder(process.arch)
+    Agent(unwinder, process).attach()
+    thread = process.threads[0]
+    regs = regs_struct(process.arch, thread)
+    for name, value in reg_overrides.items():
+        setattr(regs, name, value)
+    trace = unwinder.unwind(regs, process.pid, thread.lwp, read or process.read)
+    names = {m.file_id: m.name for m in process.modules.values()}
+    return trace, format_trace(trace, names), process
+
+
+def test_both_architectures_build_and_match_the_abi_mirror() -> None:
+    for arch in (ARCH_AMD64, ARCH_ARM64):
+        assert get_unwinder(arch).path.exists()
+
+
+def test_abi_mismatch_is_detected() -> None:
+    lib = ctypes.CDLL(str(get_unwinder(ARCH_AMD64).path))
+    with pytest.raises(BuildError, match="disagree"):
+        check_abi(lib, ARCH_ARM64, "amd64 build")  # arm64 register layout differs
+
+
+def test_unreadable_memory_gives_an_error_frame_not_a_crash() -> None:
+    trace, frames, process = _unwind("chain.O2.nofp", read=lambda addr, size: None)
+    process.close()
+    assert frames[0].startswith("libc.so.6+")
+    assert frames[-1] == "<unwinding aborted due to error native_read_return_address>"
+    assert trace.failed_reads >= 1
+
+
+def test_wild_registers_give_an_error_frame() -> None:
+    trace, frames, process = _unwind("chain.O2.nofp", ip=0xDEAD_BEEF, sp=0x10, bp=0x20)
+    process.close()
+    assert frames == ["<unwinding aborted due to error native_pc_not_mapped>"]
+
+
+def test_helper_exception_is_reported() -> None:
+    def broken(addr: int, size: int) -> bytes:
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(HarnessError, match="disk on fire"):
+        _unwind("chain.O2.nofp", read=broken)
+
+
+def test_deep_stack_uses_tail_calls() -> None:
+    trace, frames, process = _unwind("recurse")
+    process.close()
+    assert len(frames) > 220
+    assert trace.tail_calls >= len(frames) // 16
+
+
+def test_fault_addresses(tmp_path: Path) -> None:
+    trace, frames, process = _unwind("chain.O2.nofp")
+    process.close()
+    ra_slot = trace.frames[0].cfa - 8  # frame 0's return address on the stack
+    case = _case("chain.O2.nofp")
+    case.fault_addresses = [ra_slot]
+    case.path = CASES / "chain.O2.nofp.json"
+    result = replay_case(case)
+    assert result.actual[0].frames[-1] == (
+        "<unwinding aborted due to error native_read_return_address>")
+    assert not any("never read" in p for p in result.problems)
+
+    case.fault_addresses = [0x10]
+    stale = replay_case(case)
+    assert any("never read" in p and "0x10" in p for p in stale.problems)

@@ -1,0 +1,125 @@
+"""The coredump command end to end, on real processes and the bundled cases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.build import REPO_ROOT
+from harness.cli import main
+from harness.gdb_oracle import gdb_available
+from harness.replay import replay_case
+from harness.testcase import load_case
+
+CASE = REPO_ROOT / "testdata" / "amd64" / "chain.O0.fp.json"
+
+
+def test_analyze_json_equals_the_case(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "-case", str(CASE), "-json"]) == 0
+    threads = json.loads(capsys.readouterr().out)
+    case = load_case(CASE)
+    assert threads == [{"lwp": t.lwp, "frames": t.frames} for t in case.threads]
+
+
+def test_analyze_double_dash_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "--case", str(CASE)]) == 0
+    assert "#0   libc.so.6+0x" in capsys.readouterr().out
+
+
+def test_replay_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(CASE)]) == 0
+    out = capsys.readouterr().out
+    assert "chain.O0.fp" in out and "pass" in out
+
+
+def _copy_case(tmp_path: Path) -> Path:
+    dest = tmp_path / "testdata" / "amd64" / CASE.name
+    dest.parent.mkdir(parents=True)
+    shutil.copy(CASE, dest)
+    (tmp_path / "testdata" / "blobs").symlink_to(REPO_ROOT / "testdata" / "blobs")
+    return dest
+
+
+def test_rebase_restores_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _copy_case(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["threads"][0]["frames"][1] = "chain.O0.fp+0x1"
+    doc["extra-field"] = "kept"
+    path.write_text(json.dumps(doc))
+    assert not replay_case(path).ok
+
+    assert main(["rebase", "-dry-run", str(path)]) == 0
+    assert "1 case(s) would change" in capsys.readouterr().out
+    assert not replay_case(path).ok
+
+    assert main(["rebase", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "expected chain.O0.fp+0x1" in out and "1 case(s) changed" in out
+    assert replay_case(path).ok
+    assert json.loads(path.read_text())["extra-field"] == "kept"
+    assert main(["rebase", str(path)]) == 0
+    assert "0 case(s) changed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b"hello"), "not an ELF"),
+    (lambda p: shutil.copy("/bin/true", p), "not a core"),
+])
+def test_bad_cores_get_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     make, message: str) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "core"
+    make(bad)
+    assert main(["analyze", "-core", str(bad)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_truncated_core(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    case = load_case(CASE)
+    core = REPO_ROOT / ".cache" / "blobs" / case.coredump_ref
+    replay_case(case)  # makes sure the core is extracted
+    data = core.read_bytes()
+    (tmp_path / "core").write_bytes(data[: len(data) // 2])
+    assert main(["analyze", "-core", str(tmp_path / "core")]) == 2
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_malformed_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x.json").write_text("{")
+    assert main(["analyze", "-case", str(tmp_path / "x.json")]) == 2
+    assert "malformed JSON" in capsys.readouterr().err
+
+
+def test_new_from_pid_then_replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's acceptance path: a fresh process -> `new -pid` -> a passing case."""
+    if shutil.which("gcore") is None or gdb_available() is None:
+        pytest.skip("gdb/gcore not installed (apt-get install gdb)")
+    build = tmp_path / "build"
+    subprocess.run([str(REPO_ROOT / "testsources" / "build.sh"), str(build)], check=True,
+                   capture_output=True)
+    proc = subprocess.Popen([str(build / "chain.O3.nofp")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("ready")
+        testdata = tmp_path / "testdata"
+        assert main(["new", "-pid", str(proc.pid), "-name", "fresh",
+                     "-testdata", str(testdata)]) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "1 threads" in capsys.readouterr().out
+    result = replay_case(testdata / "amd64" / "fresh.json")
+    assert result.ok and result.frame_count >= 8
+    frames = result.actual[0].frames
+    assert frames[-1].startswith("chain.O3.nofp+")  # _start
+    # Only the executable, the loader and libc are bundled; core + 3 modules stored.
+    assert len(list((testdata / "blobs").glob("*.zst"))) == 4
+
+
+def test_new_pid_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("gcore") is None:
+        pytest.skip("gcore not installed")
+    assert main(["new", "-pid", "999999999", "-name", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
