@@ -7,6 +7,7 @@ and the double-dash form (`--pid`).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,11 @@ from .errors import HarnessError
 from .record import TESTDATA, record_case, verify_case
 from .replay import open_process, replay_case, unwind_process
 from .testcase import TestCase, find_cases, load_case
+
+# Modules adding subcommands: each has register(subparsers, flag) that adds
+# its parsers with set_defaults(func=...). One line per feature area.
+COMMAND_MODULES: list[str] = [
+]
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: object) -> None:
@@ -177,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="compare cases with gdb's backtraces")
     p.add_argument("cases", nargs="*", help="case files (default: all)")
     p.set_defaults(func=cmd_verify)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub, _flag)
     return parser
 
 
