@@ -45,6 +45,7 @@ PT_NOTE = 4
 PN_XNUM = 0xFFFF  # e_phnum overflow marker: real count is in section header 0's sh_info
 
 NT_PRSTATUS = 1
+NT_PRFPREG = 2  # FP/SIMD registers (fxsave area on x86_64, user_fpsimd_state on arm64)
 NT_PRPSINFO = 3
 NT_AUXV = 6
 NT_FILE = 0x46494C45
@@ -127,6 +128,7 @@ class ThreadState:
     signal: int
     tls: int | None = None
     pac_mask: int | None = None
+    fpregs: bytes | None = None  # raw NT_PRFPREG descriptor (absent in qemu-user cores)
 
 
 @dataclass(frozen=True)
@@ -390,6 +392,8 @@ class CoreFile:
                 self.auxv = self._parse_auxv(note)
             elif t == NT_FILE and not self.mappings:
                 self.mappings = self._parse_file_note(note)
+            elif t == NT_PRFPREG and current is not None and current.fpregs is None:
+                current.fpregs = bytes(self._mem()[note.offset : note.offset + note.size])
             elif current is not None and self.machine == ARCH_ARM64:
                 if t == NT_ARM_TLS:
                     current.tls = self._desc_u64(note, 0, "NT_ARM_TLS")
