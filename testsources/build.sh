@@ -42,3 +42,4 @@ build recurse  "$CC"  recurse.c  -O1
 build cxx      "$CXX" cxx.cpp    -O2 -std=c++17 -pthread
 build static   "$CC"  static.c   -O2 -static
 build sigframe "$CC"  sigframe.c -O2
+build sites    "$CC"  sites.c    -O2
