@@ -38,6 +38,7 @@ CASES = [
     ("chain.O2.nofp", "chain.O2.nofp", "gcore"),
     ("chain.O3.fp.sigill", "chain.O3.fp", "kernel"),
     ("chain.O3.nofp", "chain.O3.nofp", "gcore"),
+    ("chain.O2.nocfi", "chain.O2.nocfi", "gcore"),
     ("threads", "threads", "gcore"),
     ("threads.sigill", "threads", "kernel"),
     ("recurse", "recurse", "gcore"),
@@ -61,6 +62,7 @@ ARM64_CASES = [
     ("threads", "threads", None),
     ("recurse", "recurse", None),
     ("chain.O2.nofp", "chain.O2.nofp", None),
+    ("chain.O2.nocfi", "chain.O2.nocfi", None),           # no FDEs: frame records
     ("cxx", "cxx", None),
     ("static", "static", None),
 ]
