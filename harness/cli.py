@@ -25,6 +25,7 @@ from .testcase import TestCase, find_cases, load_case
 # its parsers with set_defaults(func=...). One line per feature area.
 COMMAND_MODULES: list[str] = [
     "harness.qemu_record",
+    "harness.cmd_debug",
 ]
 
 
