@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .agent import Agent
@@ -192,6 +192,9 @@ class CaseSysroot:
     core: Path
     solib_dirs: list[str]
     arch: str  # the core's architecture (which gdb can read it)
+    # (original path, load bias) for cores without a file list (qemu-user):
+    # gdb cannot relocate a PIE from such a core, so it is told the biases.
+    symbol_files: list[tuple[str, int]] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -215,12 +218,15 @@ def case_sysroot(case_path: str | os.PathLike[str],
         files = {path: str(m.local_path) for path, m in process.modules.items()}
         core = store.local_path(case.coredump_ref)
         arch = process.arch
+        symbol_files = [] if process.core.mappings else [
+            (obj.path, obj.bias) for obj in process.loaded_objects() if obj.path in files]
     finally:
         process.close()
     with tempfile.TemporaryDirectory(prefix=f"coredump-gdb-{case.name}-") as tmp:
         sysroot = Path(make_sysroot(tmp, files))
         dirs = sorted({str((sysroot / p.lstrip("/")).parent) for p in files if ".so" in p})
-        yield CaseSysroot(sysroot, sysroot / exe.lstrip("/"), core, dirs, arch)
+        yield CaseSysroot(sysroot, sysroot / exe.lstrip("/"), core, dirs, arch,
+                          [(str(sysroot / p.lstrip("/")), bias) for p, bias in symbol_files])
 
 
 def core_gdb_argv(root: CaseSysroot, lwp: int | None = None,
@@ -236,10 +242,16 @@ def core_gdb_argv(root: CaseSysroot, lwp: int | None = None,
             "-iex", f"set solib-search-path {':'.join(root.solib_dirs)}",
             "-iex", "set backtrace past-main on",
             "-iex", "set backtrace past-entry on"]
+    files: list[str] = [str(root.executable), str(root.core)]
+    if root.symbol_files:
+        argv += ["-ex", f"core-file {root.core}"]
+        argv += [a for path, bias in root.symbol_files
+                 for a in ("-ex", f"add-symbol-file {path} -o {bias:#x}")]
+        files = []
     if lwp is not None:
         argv += ["-ex", "python [t.switch() for t in gdb.selected_inferior().threads() "
                         f"if t.ptid[1] == {lwp}]"]
-    return argv + list(gdb_args) + [str(root.executable), str(root.core)]
+    return argv + list(gdb_args) + files
 
 
 def _ignore_interrupt(_signum: int, _frame: object) -> None:
