@@ -72,7 +72,9 @@ class ArrayMap(BpfMap):
     def _chunk(self, chunk_index: int) -> ctypes.Array[ctypes.c_char]:
         chunk = self._chunks.get(chunk_index)
         if chunk is None:
-            chunk = ctypes.create_string_buffer(self.CHUNK_ENTRIES * self.value_size)
+            first = chunk_index * self.CHUNK_ENTRIES
+            entries = min(self.CHUNK_ENTRIES, self.max_entries - first)
+            chunk = ctypes.create_string_buffer(entries * self.value_size)
             self._chunks[chunk_index] = chunk
         return chunk
 
