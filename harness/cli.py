@@ -26,6 +26,7 @@ from .testcase import TestCase, find_cases, load_case
 COMMAND_MODULES: list[str] = [
     "harness.qemu_record",
     "harness.cmd_debug",
+    "harness.cmd_bpf",
 ]
 
 
