@@ -35,7 +35,7 @@ from elftools.elf.elffile import ELFFile
 
 from . import libbpf
 from .bpf_abi import ARCH_AMD64, ARCH_ARM64
-from .build import ARCH_MACROS, BPF_SRC, cache_root
+from .build import ARCH_MACROS, BPF_SRC, cache_root, compiler_version
 from .errors import BuildError
 
 ARCHES = (ARCH_AMD64, ARCH_ARM64)
@@ -66,14 +66,6 @@ def clang() -> str:
     return cc
 
 
-def _clang_version(cc: str) -> str:
-    try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise BuildError(f"cannot run {cc!r}: {e}") from e
-    return out.stdout.splitlines()[0] if out.stdout else cc
-
-
 def arch_flags(arch: str) -> list[str]:
     if arch not in ARCH_MACROS:
         raise BuildError(f"unsupported target architecture {arch!r}; use one of {ARCHES}")
@@ -93,7 +85,7 @@ def build_bpf_object(source: Path, arch: str) -> Path:
     cc = clang()
     flags = BPF_FLAGS + arch_flags(arch)
     digest = hashlib.sha256()
-    digest.update(_clang_version(cc).encode())
+    digest.update(compiler_version(cc).encode())
     digest.update("\0".join(flags).encode())
     digest.update(source.name.encode())
     for path in sorted(source.parent.rglob("*.[ch]")):

@@ -50,7 +50,8 @@ def compiler() -> str:
     return cc
 
 
-def _compiler_version(cc: str) -> str:
+def compiler_version(cc: str) -> str:
+    """First line of `cc --version`: part of every build cache key."""
     try:
         out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError) as e:
@@ -78,7 +79,7 @@ def build_unwinder(arch: str, debug: bool | None = None) -> Path:
     cc = compiler()
     flags = build_flags(arch, debug)
     digest = hashlib.sha256()
-    digest.update(_compiler_version(cc).encode())
+    digest.update(compiler_version(cc).encode())
     digest.update("\0".join(flags).encode())
     for path in _source_files():
         digest.update(str(path.relative_to(BPF_SRC)).encode())

@@ -15,20 +15,15 @@ from harness.elfcore import CoreFile
 from harness.gdb_oracle import gdb_available
 from harness.qemu_record import record_under_qemu, resolve_site
 from harness.replay import open_case, replay_case, store_for, unwind_process
-from harness.testcase import load_case
+from tests.casefiles import bundled_case
 
 ARM64 = REPO_ROOT / "testdata" / "arm64"
 
 
-def _case(name: str):  # type: ignore[no-untyped-def]
-    path = ARM64 / f"{name}.json"
-    if not path.exists():
-        pytest.skip(f"bundled case {path} is missing")
-    return load_case(path)
 
 
 def test_qemu_core_modules_come_from_link_map() -> None:
-    case = _case("threads")
+    case = bundled_case("threads", "arm64")
     process = open_case(case, store_for(case))
     try:
         assert process.arch == "arm64" and not process.core.mappings  # no NT_FILE
@@ -47,7 +42,7 @@ def test_site_case_stops_where_its_name_says() -> None:
     """sites.f5.epi.ldp: the PC is the instruction right after `ldp x29, x30`."""
     import capstone
 
-    case = _case("sites.f5.epi.ldp")
+    case = bundled_case("sites.f5.epi.ldp", "arm64")
     process = open_case(case, store_for(case))
     try:
         pc = process.threads[0].regs["pc"]
@@ -101,7 +96,7 @@ def test_record_under_qemu_end_to_end(tmp_path: Path) -> None:
 def test_pac_bits_are_stripped_from_return_addresses() -> None:
     """Return addresses signed with pointer authentication unwind once the PAC
     mask from NT_ARM_PAC_MASK is applied, and do not without it."""
-    case = _case("sites.f5.body")
+    case = bundled_case("sites.f5.body", "arm64")
     pac_bits = 0x007F_0000_0000_0000
 
     def run(with_mask: bool) -> list[str]:
@@ -129,7 +124,7 @@ def test_pac_bits_are_stripped_from_return_addresses() -> None:
 
 
 def test_core_file_has_no_file_notes() -> None:
-    case = _case("recurse")
+    case = bundled_case("recurse", "arm64")
     core = CoreFile(store_for(case).local_path(case.coredump_ref))
     try:
         assert core.machine == "arm64" and core.mappings == [] and core.siginfo is None

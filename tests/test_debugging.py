@@ -28,18 +28,13 @@ from harness.debugging import debug_argv, find_gdb, host_arch, replay_for_debugg
 from harness.errors import HarnessError
 from harness.gdb_oracle import gdb_available
 from harness.replay import open_case, store_for
-from harness.testcase import TestCase, load_case
+from tests.casefiles import bundled_case
 
 CASES = REPO_ROOT / "testdata" / "amd64"
 # Functions that bpf_src marks __always_inline: out of line only in the debug build.
 INLINE_HELPERS = ("unwind_step", "find_unwind_rule", "push_frame", "state_from_regs")
 
 
-def _case(name: str, arch: str = "amd64") -> TestCase:
-    path = CASES.parent / arch / f"{name}.json"
-    if not path.exists():
-        pytest.skip(f"bundled case {path} is missing")
-    return load_case(path)
 
 
 def _need_gdb(gdb: str = "gdb") -> None:
@@ -81,7 +76,7 @@ def test_debug_build_is_unoptimised_not_inlined_and_cached_apart() -> None:
 
 
 def test_debug_build_unwinds_like_the_case_says() -> None:
-    case = _case("threads")
+    case = bundled_case("threads")
     threads = replay_for_debugging(case.path or "", lwp=None)
     assert [t.lwp for t in threads] == [t.lwp for t in case.threads]
     assert all(t.ok for t in threads), [t for t in threads if not t.ok]
@@ -122,7 +117,7 @@ def test_a_core_of_another_architecture_needs_gdb_multiarch() -> None:
 def test_bad_case_or_thread_is_a_clear_error(command: str) -> None:
     proc = _coredump(command, "-case", "testdata/amd64/no-such-case.json")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
-    case = _case("chain.O2.nofp")
+    case = bundled_case("chain.O2.nofp")
     proc = _coredump(command, "-case", str(case.path), "-lwp", "1")
     assert proc.returncode == 2
     assert f"has no thread 1; its threads are {case.threads[0].lwp}" in proc.stderr
@@ -137,7 +132,7 @@ def _source_line(path: Path, line: int) -> str:
 
 def test_coredump_debug_stops_steps_and_shows_unwinder_locals() -> None:
     _need_gdb()
-    case = _case("chain.O2.nofp")
+    case = bundled_case("chain.O2.nofp")
     process = open_case(case, store_for(case))
     pc = process.threads[0].regs["rip"]
     process.close()
@@ -167,7 +162,7 @@ def test_coredump_debug_stops_steps_and_shows_unwinder_locals() -> None:
 
 def test_coredump_debug_lwp_replays_only_that_thread() -> None:
     _need_gdb()
-    case = _case("threads")
+    case = bundled_case("threads")
     lwp = case.threads[3].lwp
     proc = _coredump("debug", "-case", str(case.path), "-lwp", str(lwp), "--", "-batch",
                      "-ex", "continue", "-ex", "info breakpoints")
@@ -182,7 +177,7 @@ def test_coredump_debug_lwp_replays_only_that_thread() -> None:
 def test_plain_gdb_on_pytest_with_the_debug_build() -> None:
     """The README's manual form: gdb --args python -m pytest ... -k CASE."""
     _need_gdb()
-    case = _case("chain.O2.nofp")
+    case = bundled_case("chain.O2.nofp")
     env = dict(os.environ, COREDUMP_DEBUG_BUILD="1")
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_CURRENT_TEST"):
         env.pop(name, None)
@@ -226,7 +221,7 @@ print("WALK " + json.dumps({"selected": selected.ptid[1], "threads": threads}))
 def test_coredump_gdb_backtraces_are_the_case_frames(tmp_path: Path, arch: str) -> None:
     """arm64 cores come from qemu and have no file list: gdb is told the load biases."""
     _need_gdb("gdb" if arch == "amd64" else "gdb-multiarch")
-    case = _case("threads", arch)
+    case = bundled_case("threads", arch)
     lwp = case.threads[4].lwp
     script = tmp_path / "walk.py"
     script.write_text(_WALK)
