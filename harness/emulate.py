@@ -43,6 +43,12 @@ _RESTART_CODES = {512: "ERESTARTSYS", 513: "ERESTARTNOINTR", 514: "ERESTARTNOHAN
                   515: "ENOIOCTLCMD", 516: "ERESTART_RESTARTBLOCK"}
 EINTR = 4
 
+# Thread pointer used when a core has no TLS base (qemu-user's arm64 cores have
+# no NT_ARM_TLS): a zeroed area far from any user mapping, so errno writes and
+# cancellation checks after a system call run instead of faulting at address 0.
+SCRATCH_TLS = 0x0000_6000_0000_0000
+SCRATCH_TLS_SPAN = 0x10000  # mapped on both sides of SCRATCH_TLS
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -454,7 +460,9 @@ class _ReturnTracker:
         key = (address, size)
         known = self._blocks.get(key)
         if known is None:
-            code = self.emu.read(address, size) or b""
+            # Capped: for a block ending in an undecodable instruction unicorn
+            # can report a bogus size.
+            code = self.emu.read(address, min(size, PAGE)) or b""
             insns = list(self.emu.md.disasm(code, address))
             kind = _OTHER
             if insns:
@@ -508,6 +516,11 @@ def run_until_return(process: Process, thread: ThreadState, max_instructions: in
     note = resume_interrupted_syscall(emu, process.read)
     if note:
         result.notes.append(note)
+    if emu.arch == "arm64" and thread.tls is None and process.read(SCRATCH_TLS, 1) is None:
+        emu.map_region(SCRATCH_TLS - SCRATCH_TLS_SPAN, bytes(2 * SCRATCH_TLS_SPAN), PF_R | PF_W)
+        emu.set_reg(UA.UC_ARM64_REG_TPIDR_EL0, SCRATCH_TLS)
+        result.notes.append("the core has no TLS base (no NT_ARM_TLS, as in qemu-user cores): "
+                            "thread-local accesses go to a zeroed scratch area")
     tracker = _ReturnTracker(emu, result)
     emu.on_fetch_unmapped = tracker.on_fetch_unmapped
     emu.uc.hook_add(unicorn.UC_HOOK_BLOCK, tracker.on_block)

@@ -364,8 +364,8 @@ class ModuleCheck:
     not_entries: list[str] = field(default_factory=list)  # FDEs that are not entry points
     outermost: list[str] = field(default_factory=list)  # entry rule CFA_STOP
     instructions: int = 0  # instruction executions checked
-    distinct: set[int] = field(default_factory=set)
-    covered_bytes: int = 0
+    distinct: dict[int, int] = field(default_factory=dict)  # executed address -> size
+    covered_bytes: int = 0  # distinct executed bytes inside the functions checked
     code_bytes: int = 0
     mismatches: dict[tuple[int, str], DeltaMismatch] = field(default_factory=dict)
     no_rule: int = 0  # executions where the rule is CFA_INVALID
@@ -582,11 +582,13 @@ class DeltaChecker:
         step = self._steps.get(addr)
         if step is None:
             function = self.code.function_at(addr)
-            code = self.emu.read(addr, size) or b""
+            # unicorn reports a bogus huge size for an instruction it cannot
+            # decode; no instruction is longer than 15 bytes.
+            code = self.emu.read(addr, min(size, 15)) or b""
             insn = next(self._md.disasm(code, addr, 1), None)
             is_call = insn is not None and insn.group(capstone.CS_GRP_CALL)
             step = _Step(self.rules.rule_at(addr), function is None or function.source != "fde",
-                         is_call, function, size)
+                         is_call, function, insn.size if insn is not None else 0)
             self._steps[addr] = step
         return step
 
@@ -599,9 +601,7 @@ class DeltaChecker:
         step = self._step(addr, size)
         result = self.result
         result.instructions += 1
-        if addr not in result.distinct:
-            result.distinct.add(addr)
-            result.covered_bytes += size
+        result.distinct.setdefault(addr, step.size)
         self._check(uc, addr, step)
         if step.is_call:
             self._step_over_call(uc, addr, step)
@@ -732,6 +732,12 @@ def validate_module(path: str | Path, function: str | None = None,
         result.started += 1
     if progress is not None:
         progress(len(entries), len(entries), "")
+    ranges = sorted((f.start, f.end) for f in functions)
+    starts = [start for start, _ in ranges]
+    for addr, size in result.distinct.items():
+        i = bisect.bisect_right(starts, addr) - 1
+        if i >= 0 and addr < ranges[i][1]:
+            result.covered_bytes += size
     result.seconds = time.perf_counter() - start
     return result
 
