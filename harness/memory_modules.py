@@ -11,10 +11,11 @@ Design:
   so an empty list is never ambiguous ("nothing needed" versus "read the
   modules from the core"), and replay knows to rebuild them.
 * For each ELF file in the core's file list, the mapping at file offset 0
-  holds the ELF and program headers. Each PT_LOAD's file bytes are read back
-  from memory at load bias + p_vaddr and laid out at p_offset, giving an
-  image of the file up to the end of its last loaded byte (debug sections and
-  section headers are never loaded, so they are not there).
+  holds the ELF and program headers. Each read-only PT_LOAD's file bytes are
+  read back from memory at load bias + p_vaddr and laid out at p_offset,
+  giving an image of the file up to the end of its last loaded byte (debug
+  sections and section headers are never loaded, so they are not there).
+  Writable segments stay zero (see _Image.build).
 * `.eh_frame` is found as a profiler's agent finds it in a live process:
   PT_GNU_EH_FRAME gives `.eh_frame_hdr`, whose `eh_frame_ptr` gives
   `.eh_frame`; its size is the walk over its length fields up to the zero
@@ -54,6 +55,7 @@ _E_SHENTSIZE = 0x3A  # e_shentsize, e_shnum, e_shstrndx: three u16
 PT_LOAD = 1
 PT_GNU_EH_FRAME = 0x6474E550
 PF_X = 1
+PF_W = 2
 SHT_PROGBITS = 1
 SHT_STRTAB = 3
 SHF_ALLOC = 2
@@ -131,13 +133,22 @@ class _Image:
         return bytes(data)
 
     def build(self) -> bytes:
-        """The rebuilt file: loaded bytes at their offsets, plus a section header table."""
+        """The rebuilt file: loaded bytes at their offsets, plus a section header table.
+
+        Writable segments must be in the core but stay zero in the image: in memory
+        they hold this process's relocated pointers, not the file's bytes, and reads
+        there are served by the core. So the image of a library is the same for every
+        process, and its unwind data is decoded once (cached by the image's hash).
+        """
         size = max(s.offset + s.filesz for s in self.loads)
         image = bytearray(size)
         for seg in self.loads:
-            if seg.filesz:
-                image[seg.offset:seg.offset + seg.filesz] = self._read(
-                    self.bias + seg.vaddr, seg.filesz, f"the segment at vaddr {seg.vaddr:#x}")
+            if not seg.filesz:
+                continue
+            data = self._read(self.bias + seg.vaddr, seg.filesz,
+                              f"the segment at vaddr {seg.vaddr:#x}")
+            if not seg.flags & PF_W:
+                image[seg.offset:seg.offset + seg.filesz] = data
         sections = list(self._sections(image))
         return _append_section_headers(image, sections)
 
