@@ -102,7 +102,6 @@ class _Image:
         if machine != _MACHINES[core.machine] or phentsize != _PHDR.size or phnum == 0:
             raise self._fail(f"unexpected ELF header (e_machine {machine}, "
                              f"e_phentsize {phentsize}, e_phnum {phnum})")
-        self.ehdr = bytearray(ehdr)
         phdrs = self._read(header_addr + phoff, phnum * _PHDR.size, "the program headers")
         self.loads: list[_Load] = []
         self.eh_frame_hdr: tuple[int, int] | None = None
