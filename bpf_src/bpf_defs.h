@@ -25,7 +25,13 @@
 #define __type(name, val) typeof(val) *name
 #define __array(name, val) typeof(val) *name[]
 
+/* Guarded as in libbpf's bpf_helpers.h. The host debug build (harness/build.py
+ * DEBUG_FLAGS) passes -D__always_inline=inline so that every step of the
+ * unwinder stays a function gdb can step into and break on. The BPF build and
+ * the optimised host build keep forcing inlining, as before. */
+#ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
+#endif
 
 #if defined(__bpf__)
 

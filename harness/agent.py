@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from array import array
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,6 +40,29 @@ def address_prefixes(start: int, end: int) -> Iterator[tuple[int, int]]:
         start += size
 
 
+@dataclass
+class _PackedModule:
+    deltas: bytes                       # struct stack_delta entries, rule indices resolved
+    pages: list[tuple[int, int, int]]   # (page, first delta relative to the module, count)
+
+
+@dataclass
+class _SharedTables:
+    """Derived from immutable inputs, so kept for the life of the unwinder: the
+    interned rule table and each module's packed deltas (by content hash)."""
+
+    rules: dict[UnwindRule, int] = field(default_factory=dict)
+    rule_bytes: bytearray = field(default_factory=bytearray)
+    modules: dict[str, _PackedModule] = field(default_factory=dict)
+
+
+_TABLES: dict[int, _SharedTables] = {}
+
+
+def _shared_tables(unwinder: Unwinder) -> _SharedTables:
+    return _TABLES.setdefault(id(unwinder), _SharedTables())
+
+
 class Agent:
     """Fills an Unwinder's maps for one Process."""
 
@@ -48,7 +73,7 @@ class Agent:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
         self.modules_by_file_id: dict[int, Module] = {}
         self.loaded_file_ids: set[int] = set()
-        self._rule_index: dict[UnwindRule, int] = {}
+        self._tables = _shared_tables(unwinder)
         self._next_delta = 0
 
         self._mappings = self._map("pid_mappings", LpmTrieMap)
@@ -65,6 +90,8 @@ class Agent:
     def attach(self) -> None:
         """Reset the unwinder and describe this process to it."""
         self.unwinder.reset()
+        if self._tables.rule_bytes:  # rules interned for earlier processes keep their index
+            self._rules.write(0, bytes(self._tables.rule_bytes))
         self._write_config()
         for mapping in self.process.mappings:
             if mapping.module is not None:
@@ -98,46 +125,56 @@ class Agent:
         self.load_module_deltas(module)
 
     def _rule(self, rule: UnwindRule) -> int:
-        index = self._rule_index.get(rule)
+        index = self._tables.rules.get(rule)
         if index is None:
-            index = len(self._rule_index)
+            index = len(self._tables.rules)
             if index >= self._rules.max_entries:
                 raise HarnessError("unwind_rules is full")
-            c_rule = bpf_abi.UnwindRule(rule.cfa_op, rule.aux, 0, rule.cfa_param,
-                                        rule.fp_offset, rule.ra_offset)
-            self._rules.write(index, bytes(c_rule))
-            self._rule_index[rule] = index
+            c_rule = bytes(bpf_abi.UnwindRule(rule.cfa_op, rule.aux, 0, rule.cfa_param,
+                                              rule.fp_offset, rule.ra_offset))
+            self._rules.write(index, c_rule)
+            self._tables.rules[rule] = index
+            self._tables.rule_bytes += c_rule
         return index
+
+    def _pack(self, module: Module) -> _PackedModule:
+        """A module's deltas as map entries, split into pages (cached per content hash)."""
+        packed = self._tables.modules.get(module.content_id)
+        if packed is not None:
+            return packed
+        deltas = load_unwind_data(module.local_path, module.content_id, self.cache_dir).deltas
+        rule_ids = {rule: self._rule(rule) for rule in {r for _, r in deltas}}
+        page_mask = (1 << DELTA_PAGE_BITS) - 1
+        flat = array("H")
+        pages: list[tuple[int, int, int]] = []
+        if deltas:
+            current = self._rule(FRAME_POINTER_RULE)  # before a module's first FDE
+            i = 0
+            for page in range(deltas[0][0] >> DELTA_PAGE_BITS,
+                              (deltas[-1][0] >> DELTA_PAGE_BITS) + 1):
+                first = len(flat) // 2
+                if deltas[i][0] != page << DELTA_PAGE_BITS:
+                    flat.extend((0, current))  # rule in force at the page start
+                while i < len(deltas) and deltas[i][0] >> DELTA_PAGE_BITS == page:
+                    current = rule_ids[deltas[i][1]]
+                    flat.extend((deltas[i][0] & page_mask, current))
+                    i += 1
+                pages.append((page, first, len(flat) // 2 - first))
+        packed = _PackedModule(flat.tobytes(), pages)
+        self._tables.modules[module.content_id] = packed
+        return packed
 
     def load_module_deltas(self, module: Module) -> int:
         """Write a module's stack deltas into the maps; returns the number of deltas."""
-        data = load_unwind_data(module.local_path, module.content_id, self.cache_dir)
-        deltas = data.deltas
-        if not deltas:
+        packed = self._pack(module)
+        if not packed.pages:
             return 0  # no unwind data: the unwinder falls back to frame pointers
-        page_mask = (1 << DELTA_PAGE_BITS) - 1
-        packed = bytearray()
-        first_page = deltas[0][0] >> DELTA_PAGE_BITS
-        last_page = deltas[-1][0] >> DELTA_PAGE_BITS
-        i = 0
-        current = FRAME_POINTER_RULE  # before a module's first FDE
-        for page in range(first_page, last_page + 1):
-            page_start = page << DELTA_PAGE_BITS
-            start_index = self._next_delta + len(packed) // 4
-            entries = []
-            if i >= len(deltas) or deltas[i][0] != page_start:
-                entries.append((0, self._rule(current)))  # rule in force at the page start
-            while i < len(deltas) and deltas[i][0] >> DELTA_PAGE_BITS == page:
-                addr, rule = deltas[i]
-                entries.append((addr & page_mask, self._rule(rule)))
-                current = rule
-                i += 1
-            for low, rule_index in entries:
-                packed += struct.pack("<HH", low, rule_index)
-            page_value = bytes(bpf_abi.DeltaPage(start_index, len(entries)))
+        base = self._next_delta
+        for page, first, count in packed.pages:
+            page_value = bytes(bpf_abi.DeltaPage(base + first, count))
             if self._pages.update(_PAGE_KEY.pack(module.file_id, page), page_value) != 0:
                 raise HarnessError(f"delta_pages is full ({self._pages.max_entries} pages)")
-        count = len(packed) // ctypes.sizeof(bpf_abi.StackDelta)
-        self._deltas.write(self._next_delta, bytes(packed))
+        count = len(packed.deltas) // ctypes.sizeof(bpf_abi.StackDelta)
+        self._deltas.write(base, packed.deltas)
         self._next_delta += count
         return count

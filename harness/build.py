@@ -25,8 +25,11 @@ HOST_SOURCES = ["native_stack.c", "host/shim.c"]
 ARCH_MACROS = {ARCH_AMD64: "TARGET_ARCH_X86_64", ARCH_ARM64: "TARGET_ARCH_ARM64"}
 
 RELEASE_FLAGS = ["-O2", "-g"]
-# For single-stepping the BPF C code in gdb (`coredump debug`).
-DEBUG_FLAGS = ["-O0", "-g3", "-fno-inline", "-fno-omit-frame-pointer"]
+# For single-stepping the BPF C code in gdb (`coredump debug`): no optimisation
+# and no inlining, not even of the unwinder's __always_inline helpers
+# (bpf_src/bpf_defs.h only defines that macro when it is not defined already).
+DEBUG_FLAGS = ["-O0", "-g3", "-fno-inline", "-fno-omit-frame-pointer",
+               "-D__always_inline=inline"]
 COMMON_FLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
                 "-fno-strict-aliasing"]
 
@@ -47,7 +50,8 @@ def compiler() -> str:
     return cc
 
 
-def _compiler_version(cc: str) -> str:
+def compiler_version(cc: str) -> str:
+    """First line of `cc --version`: part of every build cache key."""
     try:
         out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError) as e:
@@ -75,7 +79,7 @@ def build_unwinder(arch: str, debug: bool | None = None) -> Path:
     cc = compiler()
     flags = build_flags(arch, debug)
     digest = hashlib.sha256()
-    digest.update(_compiler_version(cc).encode())
+    digest.update(compiler_version(cc).encode())
     digest.update("\0".join(flags).encode())
     for path in _source_files():
         digest.update(str(path.relative_to(BPF_SRC)).encode())

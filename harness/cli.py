@@ -24,6 +24,9 @@ from .testcase import TestCase, find_cases, load_case
 # Modules adding subcommands: each has register(subparsers, flag) that adds
 # its parsers with set_defaults(func=...). One line per feature area.
 COMMAND_MODULES: list[str] = [
+    "harness.qemu_record",
+    "harness.cmd_debug",
+    "harness.cmd_bpf",
     "harness.cmd_data",
 ]
 

@@ -118,6 +118,14 @@ def setup():
     if CONFIG["sysroot"] is not None:
         run("set sysroot " + CONFIG["sysroot"])
         run("set solib-search-path " + ":".join(CONFIG["solib_dirs"]))
+    if CONFIG["symbol_files"]:
+        # Cores without a file list (qemu-user) also lack the pages gdb needs to
+        # verify a PIE's displacement, so it would relocate nothing: place each
+        # module at its known load bias instead. Unwinding is still gdb's own.
+        run("core-file " + CONFIG["core"])
+        for path, offset in CONFIG["symbol_files"]:
+            run("add-symbol-file %s -o %#x" % (quote(path), offset))
+        return
     # "file" parses its argument as a quoted argv; "core-file" takes the rest of the line.
     run("file " + quote(CONFIG["executable"]))
     run("core-file " + CONFIG["core"])
@@ -207,8 +215,10 @@ def _solib_dirs(sysroot: str) -> list[str]:
     return sorted(dirs)
 
 
-def _script(core: str, executable: str, sysroot: str | None, max_frames: int) -> str:
+def _script(core: str, executable: str, sysroot: str | None, max_frames: int,
+            symbol_files: list[tuple[str, int]] | None = None) -> str:
     config = {
+        "symbol_files": [[os.path.abspath(p), o] for p, o in symbol_files or []],
         "core": os.path.abspath(core),
         "executable": os.path.abspath(executable),
         "sysroot": os.path.abspath(sysroot) if sysroot is not None else None,
@@ -241,14 +251,17 @@ def gdb_backtraces(
     gdb: str = "gdb",
     timeout: float = 120.0,
     max_frames: int = 1024,
+    symbol_files: list[tuple[str, int]] | None = None,
 ) -> list[GdbThread]:
     """Unwind every thread of `core` with gdb and return the physical frames.
 
     `sysroot`, if given, is a directory holding the core's modules at their original
     absolute paths (see make_sysroot); without it gdb uses this machine's files, which is
-    only right for cores recorded here.  Threads come in gdb's order (its thread numbers,
-    i.e. the order of the core's NT_PRSTATUS notes), each lwp once.  Raises HarnessError if
-    gdb cannot be run, times out, or cannot load the core.
+    only right for cores recorded here.  `symbol_files` [(file, load bias)] replaces
+    gdb's own module discovery, for cores that lack NT_FILE (qemu-user guest cores).
+    Threads come in gdb's order (its thread numbers, i.e. the order of the core's
+    NT_PRSTATUS notes), each lwp once.  Raises HarnessError if gdb cannot be run, times
+    out, or cannot load the core.
     """
     for label, path in (("core", core), ("executable", executable)):
         if not os.path.isfile(path):
@@ -259,7 +272,7 @@ def gdb_backtraces(
     with tempfile.TemporaryDirectory(prefix="gdb-oracle-") as tmp:
         script = os.path.join(tmp, "oracle.py")
         with open(script, "w", encoding="utf-8") as fh:
-            fh.write(_script(core, executable, sysroot, max_frames))
+            fh.write(_script(core, executable, sysroot, max_frames, symbol_files))
         cmd = [gdb, "-nx", "-batch", "-q", "-x", script]
         # Keep gdb away from the network and from the user's configuration.
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEBUGINFOD_")}

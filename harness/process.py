@@ -15,12 +15,14 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import linkmap
 from .elfcore import CoreFile, FileMapping, ThreadState
 from .errors import HarnessError
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
 PT_LOAD = 1
+PT_DYNAMIC = 2
 PT_INTERP = 3
 
 
@@ -57,6 +59,8 @@ class Module:
             content_id = hashlib.sha256(self._map).hexdigest()
         self.content_id = content_id
         self.file_id = file_id_for(content_id)
+        self.entry = 0
+        self.dynamic_vaddr: int | None = None
         self.loads, self.interp = self._parse_headers()
 
     def _parse_headers(self) -> tuple[list[LoadSegment], str | None]:
@@ -66,6 +70,7 @@ class Module:
         if data[4] != 2 or data[5] != 1:
             raise HarnessError(f"module {self.path}: only 64-bit little-endian ELF is supported")
         ehdr = _EHDR.unpack_from(data, 0)
+        self.entry = ehdr[4]
         phoff, phentsize, phnum = ehdr[5], ehdr[9], ehdr[10]
         loads, interp = [], None
         for i in range(phnum):
@@ -76,6 +81,8 @@ class Module:
                                                                                              pos)
             if p_type == PT_LOAD:
                 loads.append(LoadSegment(p_offset, p_vaddr, p_filesz, p_memsz, p_flags))
+            elif p_type == PT_DYNAMIC:
+                self.dynamic_vaddr = p_vaddr
             elif p_type == PT_INTERP:
                 interp = bytes(data[p_offset:p_offset + p_filesz]).split(b"\0")[0].decode()
         return loads, interp
@@ -143,9 +150,48 @@ class Process:
         # Modules whose file served a memory read (they must be bundled).
         self.read_from: set[str] = set()
         if not self.mappings:
-            self.mappings = [self._mapping(m) for m in self.core.mappings]
-        self.mappings.sort(key=lambda m: m.start)
+            if self.core.mappings:
+                self._set_mappings([self._mapping(m) for m in self.core.mappings])
+            else:
+                self._set_mappings(self._mappings_from_link_map())
+        else:
+            self._set_mappings(self.mappings)
+
+    def _set_mappings(self, mappings: list[Mapping]) -> None:
+        self.mappings = sorted(mappings, key=lambda m: m.start)
         self._starts = [m.start for m in self.mappings]
+
+    def _module_mappings(self, module: Module, bias: int) -> list[Mapping]:
+        loads = [(seg.offset, seg.vaddr, seg.memsz) for seg in module.loads]
+        return [self._mapping(m) for m in
+                linkmap.synthesize_mappings(module.path, bias, loads, self.core.page_size)]
+
+    def loaded_objects(self) -> list[linkmap.LoadedObject]:
+        """Executable and shared objects from the aux vector and link_map (no NT_FILE needed).
+        Needs the executable among the modules; returns [] without it."""
+        exe_path = linkmap.executable_path(self.core)
+        exe = self.modules.get(exe_path) if exe_path else None
+        entry = self.core.auxv.get(linkmap.AT_ENTRY)
+        if exe is None or exe_path is None or entry is None:
+            return []
+        bias = entry - exe.entry
+        objects = [linkmap.LoadedObject(exe_path, bias)]
+        if not self.mappings:  # reads below may need the executable's file pages
+            self._set_mappings(self._module_mappings(exe, bias))
+        if exe.dynamic_vaddr is not None:
+            r_debug = linkmap.r_debug_address(self.read, bias + exe.dynamic_vaddr)
+            if r_debug:
+                objects += [o for o in linkmap.link_map_objects(self.read, r_debug)
+                            if o.path != exe_path]
+        return objects
+
+    def _mappings_from_link_map(self) -> list[Mapping]:
+        mappings: list[Mapping] = []
+        for obj in self.loaded_objects():
+            module = self.modules.get(obj.path)
+            if module is not None:
+                mappings += self._module_mappings(module, obj.bias)
+        return mappings
 
     def _mapping(self, m: FileMapping) -> Mapping:
         module = self.modules.get(m.path)

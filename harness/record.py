@@ -9,6 +9,7 @@ compared with gdb's backtrace of the same core and the same module files.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -17,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import memory_modules
+from .bpf_abi import ARCH_AMD64, ARCH_ARM64
 from .build import REPO_ROOT
 from .elfcore import CoreFile
 from .errors import HarnessError
 from .formatting import frame_diff
 from .gdb_oracle import gdb_available, gdb_backtraces, make_sysroot
-from .process import Process
+from .linkmap import executable_path as executable_path_of
+from .process import Module, Process
 from .procfs import attach_problem
 from .replay import open_case, open_process, store_for, unwind_process
 from .store import BlobStore
@@ -65,9 +68,47 @@ def gcore(pid: int, out_dir: str | Path) -> Path:
     return core
 
 
+def _is_elf(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def _find_under_sysroot(path: str, sysroot: str | None) -> str | None:
+    """Like qemu-user's -L: the file under the sysroot, else the path itself."""
+    for candidate in ([os.path.join(sysroot, path.lstrip("/"))] if sysroot else []) + [path]:
+        if os.path.isfile(candidate) and _is_elf(candidate):
+            return candidate
+    return None
+
+
+def modules_from_link_map(core: CoreFile, sysroot: str | None,
+                          progress: Progress = _quiet) -> dict[str, tuple[str, str | None]]:
+    """Module files of a core without NT_FILE (qemu-user), via AT_EXECFN and link_map."""
+    exe = executable_path_of(core)
+    if exe is None:
+        raise HarnessError("the core has neither a file list (NT_FILE) nor a readable AT_EXECFN; "
+                           "cannot tell which executable it belongs to")
+    exe_local = _find_under_sysroot(exe, sysroot)
+    if exe_local is None:
+        raise HarnessError(f"executable {exe} not found (sysroot {sysroot or '/'}); "
+                           "pass -sysroot or run from the directory the program was started in")
+    found: dict[str, tuple[str, str | None]] = {exe: (exe_local, None)}
+    probe = Process(core, {exe: Module(exe, exe_local)})
+    for obj in probe.loaded_objects()[1:]:
+        local = _find_under_sysroot(obj.path, sysroot)
+        if local is None:
+            progress(f"warning: {obj.path} not found under {sysroot or '/'}; frames in it "
+                     "cannot be attributed")
+            continue
+        found[obj.path] = (local, None)
+    return found
+
+
 def candidate_modules(core: CoreFile, sysroot: str | None,
                       progress: Progress = _quiet) -> dict[str, tuple[str, str | None]]:
     """{original path: (local file, None)} for every mapped file found on disk."""
+    if not core.mappings:
+        return modules_from_link_map(core, sysroot, progress)
     found: dict[str, tuple[str, str | None]] = {}
     for mapping in core.mappings:
         path = mapping.path
@@ -80,9 +121,8 @@ def candidate_modules(core: CoreFile, sysroot: str | None,
             progress(f"warning: {path} is not available at {local}; frames in it cannot be "
                      "attributed")
             continue
-        with open(local, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                continue  # a mapped data file (locale archive, cache...): not a module
+        if not _is_elf(local):
+            continue  # a mapped data file (locale archive, cache...): not a module
         found[path] = (local, None)
     return found
 
@@ -110,11 +150,22 @@ class GdbComparison:
     gdb_threads: dict[int, list[str]]
 
 
+def gdb_for(arch: str) -> str:
+    """gdb for the host's own architecture, gdb-multiarch for foreign cores."""
+    host = {"x86_64": ARCH_AMD64, "aarch64": ARCH_ARM64}.get(platform.machine())
+    return "gdb" if arch == host else "gdb-multiarch"
+
+
 def gdb_frames(process: Process, core_path: str | Path, exe: str, sysroot: str) -> dict[
         int, list[str]]:
     """gdb's backtraces, formatted like ours (module+vaddr, callers minus one)."""
     result = {}
-    for thread in gdb_backtraces(str(core_path), exe, sysroot):
+    symbol_files = None
+    if not process.core.mappings:
+        symbol_files = [(str(m.local_path), obj.bias) for obj in process.loaded_objects()
+                        if (m := process.modules.get(obj.path)) is not None]
+    for thread in gdb_backtraces(str(core_path), exe, sysroot, gdb=gdb_for(process.arch),
+                                 symbol_files=symbol_files):
         frames = []
         for frame in thread.frames:
             pc = frame.pc - 1 if frame.caller else frame.pc
@@ -207,9 +258,9 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
             threads = [ThreadFrames(t.lwp, t.frames) for t in result.threads]
             bundled = _touched_modules(process, result.touched_file_ids) if bundle_modules else []
             if check_gdb:
-                if gdb_available() is None:
-                    raise HarnessError("gdb is needed to cross-check a new case; install it or "
-                                       "pass -no-gdb-check")
+                if gdb_available(gdb_for(arch)) is None:
+                    raise HarnessError(f"{gdb_for(arch)} is needed to cross-check a new case; "
+                                       "install it or pass -no-gdb-check")
                 progress("comparing with gdb")
                 comparison = compare_with_gdb(process, core_path, threads)
                 if comparison.problems and not gdb_differences:

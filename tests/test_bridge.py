@@ -14,20 +14,15 @@ from harness.build import REPO_ROOT
 from harness.errors import BuildError, HarnessError
 from harness.formatting import format_trace
 from harness.replay import open_case, regs_struct, replay_case, store_for
-from harness.testcase import load_case
+from tests.casefiles import bundled_case
 
 CASES = REPO_ROOT / "testdata" / "amd64"
 
 
-def _case(name: str):  # type: ignore[no-untyped-def]
-    path = CASES / f"{name}.json"
-    if not path.exists():
-        pytest.skip(f"bundled case {path} is missing")
-    return load_case(path)
 
 
 def _unwind(case_name: str, read=None, **reg_overrides: int):  # type: ignore[no-untyped-def]
-    case = _case(case_name)
+    case = bundled_case(case_name)
     process = open_case(case, store_for(case))
     unwinder = get_unwinder(process.arch)
     Agent(unwinder, process).attach()
@@ -84,7 +79,7 @@ def test_fault_addresses(tmp_path: Path) -> None:
     trace, frames, process = _unwind("chain.O2.nofp")
     process.close()
     ra_slot = trace.frames[0].cfa - 8  # frame 0's return address on the stack
-    case = _case("chain.O2.nofp")
+    case = bundled_case("chain.O2.nofp")
     case.fault_addresses = [ra_slot]
     case.path = CASES / "chain.O2.nofp.json"
     result = replay_case(case)

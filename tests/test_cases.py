@@ -23,3 +23,4 @@ def test_bundled_cases_exist() -> None:
     from tests.conftest import CASE_FILES
 
     assert len([p for p in CASE_FILES if p.parent.name == "amd64"]) >= 10
+    assert len([p for p in CASE_FILES if p.parent.name == "arm64"]) >= 8

@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 from harness.gdb_oracle import gdb_available
-from harness.record import verify_case
+from harness.record import gdb_for, verify_case
 from harness.testcase import load_case
 
 pytestmark = pytest.mark.gdb
 
 
 def test_matches_gdb(case_path: Path) -> None:
-    if gdb_available() is None:
-        pytest.skip("gdb with Python support is not installed (apt-get install gdb)")
+    gdb = gdb_for(case_path.parent.name)
+    if gdb_available(gdb) is None:
+        pytest.skip(f"{gdb} with Python support is not installed (apt-get install {gdb})")
     case = load_case(case_path)
     if case.skip:
         pytest.skip(f"case says: {case.skip}")

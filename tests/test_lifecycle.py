@@ -28,7 +28,9 @@ CASE = TESTDATA / "amd64" / "chain.O0.fp.json"
 def _testdata_copy(tmp_path: Path, with_blobs: bool = True) -> Path:
     """A private testdata directory: cases copied, blobs copied (clean deletes files)."""
     dest = tmp_path / "testdata"
-    shutil.copytree(TESTDATA / "amd64", dest / "amd64")
+    for arch_dir in TESTDATA.iterdir():
+        if arch_dir.is_dir() and arch_dir.name != "blobs":
+            shutil.copytree(arch_dir, dest / arch_dir.name)
     if with_blobs:
         shutil.copytree(TESTDATA / "blobs", dest / "blobs")
     return dest
@@ -290,3 +292,11 @@ def test_clean_remote_directory_by_age(tmp_path: Path, monkeypatch: pytest.Monke
 def test_clean_bad_age(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["clean", "-age", "soon", "-dry-run"]) == 2
     assert "invalid duration" in capsys.readouterr().err
+
+
+def test_committed_blobs_are_all_referenced() -> None:
+    """The repository keeps no blob that no case names (the lean-repo rule)."""
+    committed = {p.name.removesuffix(".zst") for p in (TESTDATA / "blobs").glob("*.zst")}
+    referenced = _all_referenced()
+    assert committed - referenced == set(), "run `coredump clean` to drop unreferenced blobs"
+    assert referenced - committed == set(), "cases name blobs that are not committed"

@@ -26,9 +26,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from harness.qemu_record import record_under_qemu  # noqa: E402
 from harness.record import record_case  # noqa: E402
 
 BUILD = HERE / "build" / "amd64"
+BUILD_ARM64 = HERE / "build" / "arm64"
 
 # (case name, program, how to freeze it)
 CASES = [
@@ -38,6 +40,7 @@ CASES = [
     ("chain.O2.nofp", "chain.O2.nofp", "gcore"),
     ("chain.O3.fp.sigill", "chain.O3.fp", "kernel"),
     ("chain.O3.nofp", "chain.O3.nofp", "gcore"),
+    ("chain.O2.nocfi", "chain.O2.nocfi", "gcore"),
     ("threads", "threads", "gcore"),
     ("threads.sigill", "threads", "kernel"),
     ("recurse", "recurse", "gcore"),
@@ -45,6 +48,26 @@ CASES = [
     ("static.sigill", "static", "kernel"),
     ("sigframe", "sigframe", "gcore"),
     ("chain.O2.nofp.nobundle", "chain.O2.nofp", "gcore-nobundle"),
+]
+
+# arm64 cases, recorded under qemu-user: (case name, program, site or None).
+# A site stops the program at one instruction (see harness/qemu_record.py);
+# without one the program is frozen once it is ready.
+ARM64_CASES = [
+    ("sites.f5.pro.entry", "sites", "f5:entry"),       # prologue, nothing stored yet
+    ("sites.f5.pro.stp", "sites", "f5:after-stp"),     # right after stp x29, x30, [sp, #-N]!
+    ("sites.f5.body", "sites", "f5:body"),             # frame record set up
+    ("sites.f5.epi.ldp", "sites", "f5:after-ldp"),     # after ldp x29, x30, before ret
+    ("sites.f5.epi.ret", "sites", "f5:ret"),           # on ret
+    ("sites.f4.pro.sub", "sites", "f4:after-sub"),     # big frame: sp moved, record not stored
+    ("sites.f4.epi.ldp", "sites", "f4:after-ldp"),     # big frame: after ldp, before add sp
+    ("sites.leaf.loop", "sites", "leaf:loop"),         # leaf that never saves x30
+    ("threads", "threads", None),
+    ("recurse", "recurse", None),
+    ("chain.O2.nofp", "chain.O2.nofp", None),
+    ("chain.O2.nocfi", "chain.O2.nocfi", None),           # no FDEs: frame records
+    ("cxx", "cxx", None),
+    ("static", "static", None),
 ]
 
 
@@ -80,11 +103,30 @@ def kernel_core(proc: subprocess.Popen[str], cwd: str) -> Path:
     return cores[-1]
 
 
+def record_arm64(args: argparse.Namespace) -> None:
+    env = dict(os.environ, CC="aarch64-linux-gnu-gcc", CXX="aarch64-linux-gnu-g++")
+    subprocess.run([str(HERE / "build.sh"), str(BUILD_ARM64)], check=True, env=env)
+    for name, program, site in ARM64_CASES:
+        if args.only and name not in args.only:
+            continue
+        started = time.perf_counter()
+        case = record_under_qemu(name, [str(BUILD_ARM64 / program)], site_spec=site,
+                                 force=args.force)
+        frames = sum(len(t.frames) for t in case.threads)
+        print(f"== arm64/{name}: {len(case.threads)} threads, {frames} frames, "
+              f"{time.perf_counter() - started:.1f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="case names to record")
     parser.add_argument("--force", action="store_true", help="overwrite existing cases")
+    parser.add_argument("--arch", choices=["amd64", "arm64", "all"], default="all")
     args = parser.parse_args()
+    if args.arch in ("arm64", "all"):
+        record_arm64(args)
+    if args.arch == "arm64":
+        return 0
     subprocess.run([str(HERE / "build.sh"), str(BUILD)], check=True)
     for name, program, method in CASES:
         if args.only and name not in args.only:

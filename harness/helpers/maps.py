@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
+from typing import Any
 
 # Kernel map type numbers (uapi bpf.h).
 BPF_MAP_TYPE_HASH = 1
@@ -22,6 +23,24 @@ BPF_MAP_TYPE_LPM_TRIE = 11
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 ENOENT, E2BIG, EEXIST, EINVAL = 2, 7, 17, 22
+
+
+def _upsert(table: dict[Any, ctypes.Array[ctypes.c_char]], key: object, value: bytes,
+            flags: int, full: bool) -> int:
+    """bpf_map_update_elem semantics: BPF_NOEXIST/BPF_EXIST, and -E2BIG when a new
+    key does not fit. Existing values are updated in place (C may hold pointers)."""
+    buf = table.get(key)
+    if buf is not None:
+        if flags == BPF_NOEXIST:
+            return -EEXIST
+        ctypes.memmove(buf, value, len(value))
+        return 0
+    if flags == BPF_EXIST:
+        return -ENOENT
+    if full:
+        return -E2BIG
+    table[key] = ctypes.create_string_buffer(value, len(value))
+    return 0
 
 
 class BpfMap:
@@ -72,7 +91,9 @@ class ArrayMap(BpfMap):
     def _chunk(self, chunk_index: int) -> ctypes.Array[ctypes.c_char]:
         chunk = self._chunks.get(chunk_index)
         if chunk is None:
-            chunk = ctypes.create_string_buffer(self.CHUNK_ENTRIES * self.value_size)
+            first = chunk_index * self.CHUNK_ENTRIES
+            entries = min(self.CHUNK_ENTRIES, self.max_entries - first)
+            chunk = ctypes.create_string_buffer(entries * self.value_size)
             self._chunks[chunk_index] = chunk
         return chunk
 
@@ -144,18 +165,7 @@ class HashMap(BpfMap):
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
         if len(key) != self.key_size or len(value) != self.value_size:
             return -EINVAL
-        buf = self._values.get(key)
-        if buf is not None:
-            if flags == BPF_NOEXIST:
-                return -EEXIST
-            ctypes.memmove(buf, value, self.value_size)
-            return 0
-        if flags == BPF_EXIST:
-            return -ENOENT
-        if len(self._values) >= self.max_entries:
-            return -E2BIG
-        self._values[key] = ctypes.create_string_buffer(value, self.value_size)
-        return 0
+        return _upsert(self._values, key, value, flags, len(self._values) >= self.max_entries)
 
     def __len__(self) -> int:
         return len(self._values)
@@ -201,19 +211,10 @@ class LpmTrieMap(BpfMap):
             level = self._levels[length] = {}
             self._lengths = sorted(self._levels, reverse=True)
         prefix = data >> (self.data_bits - length)
-        buf = level.get(prefix)
-        if buf is not None:
-            if flags == BPF_NOEXIST:
-                return -EEXIST
-            ctypes.memmove(buf, value, self.value_size)
-            return 0
-        if flags == BPF_EXIST:
-            return -ENOENT
-        if self._count >= self.max_entries:
-            return -E2BIG
-        level[prefix] = ctypes.create_string_buffer(value, self.value_size)
-        self._count += 1
-        return 0
+        added = prefix not in level
+        result = _upsert(level, prefix, value, flags, self._count >= self.max_entries)
+        self._count += added and result == 0
+        return result
 
     def __len__(self) -> int:
         return self._count

@@ -1,0 +1,18 @@
+"""Access to the bundled cases from unit tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.build import REPO_ROOT
+from harness.testcase import TestCase, load_case
+
+TESTDATA = REPO_ROOT / "testdata"
+
+
+def bundled_case(name: str, arch: str = "amd64") -> TestCase:
+    """testdata/<arch>/<name>.json; skips (with the path) if it is not there."""
+    path = TESTDATA / arch / f"{name}.json"
+    if not path.exists():
+        pytest.skip(f"bundled case {path} is missing")
+    return load_case(path)

@@ -1,0 +1,133 @@
+"""arm64 on any host: link_map discovery for qemu cores, site resolution,
+recording under qemu-user, and pointer-authentication stripping."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import linkmap
+from harness.build import REPO_ROOT
+from harness.elfcore import CoreFile
+from harness.gdb_oracle import gdb_available
+from harness.qemu_record import record_under_qemu, resolve_site
+from harness.replay import open_case, replay_case, store_for, unwind_process
+from tests.casefiles import bundled_case
+
+ARM64 = REPO_ROOT / "testdata" / "arm64"
+
+
+
+
+def test_qemu_core_modules_come_from_link_map() -> None:
+    case = bundled_case("threads", "arm64")
+    process = open_case(case, store_for(case))
+    try:
+        assert process.arch == "arm64" and not process.core.mappings  # no NT_FILE
+        objects = {o.path: o.bias for o in process.loaded_objects()}
+        assert set(objects) == {m.local_path for m in case.modules}
+        # The loader's own link_map entry agrees with the aux vector.
+        assert objects["/lib/ld-linux-aarch64.so.1"] == process.core.auxv[linkmap.AT_BASE]
+        exe = linkmap.executable_path(process.core)
+        assert exe and objects[exe] == process.core.auxv[linkmap.AT_ENTRY] - \
+            process.modules[exe].entry
+    finally:
+        process.close()
+
+
+def test_site_case_stops_where_its_name_says() -> None:
+    """sites.f5.epi.ldp: the PC is the instruction right after `ldp x29, x30`."""
+    import capstone
+
+    case = bundled_case("sites.f5.epi.ldp", "arm64")
+    process = open_case(case, store_for(case))
+    try:
+        pc = process.threads[0].regs["pc"]
+        prev = process.read(pc - 4, 4)
+        assert prev is not None
+        insn = next(capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM).disasm(prev, 0))
+        assert insn.mnemonic == "ldp" and insn.op_str.startswith("x29, x30")
+    finally:
+        process.close()
+
+
+def _sites_binary(tmp_path: Path) -> Path:
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("aarch64-linux-gnu-gcc not installed (apt-get install gcc-aarch64-linux-gnu)")
+    out = tmp_path / "sites"
+    subprocess.run(["aarch64-linux-gnu-gcc", "-g", "-O2", str(REPO_ROOT / "testsources" /
+                    "sites.c"), "-o", str(out)], check=True)
+    return out
+
+
+def test_resolve_sites(tmp_path: Path) -> None:
+    binary = str(_sites_binary(tmp_path))
+    assert resolve_site(binary, "f5:entry").offset == 0
+    stp = resolve_site(binary, "f5:after-stp").offset
+    ldp = resolve_site(binary, "f5:after-ldp").offset
+    ret = resolve_site(binary, "f5:ret").offset
+    assert 0 < stp < ldp <= ret
+    assert resolve_site(binary, "f5+0x8").offset == 8
+    from harness.errors import HarnessError
+    with pytest.raises(HarnessError, match="unknown site"):
+        resolve_site(binary, "f5:nowhere")
+
+
+def test_record_under_qemu_end_to_end(tmp_path: Path) -> None:
+    for tool, package in (("qemu-aarch64", "qemu-user"), ("gdb-multiarch", "gdb-multiarch")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (apt-get install {package})")
+    if gdb_available("gdb-multiarch") is None:
+        pytest.skip("gdb-multiarch lacks Python support")
+    binary = _sites_binary(tmp_path)
+    testdata = tmp_path / "testdata"
+    case = record_under_qemu("t.f4.body", [str(binary)], site_spec="f4:body",
+                             testdata=testdata, progress=lambda _: None)
+    assert case.path == testdata / "arm64" / "t.f4.body.json"
+    frames = case.threads[0].frames
+    assert frames[0].startswith("sites+") and frames[-1].startswith("sites+")  # f4 .. _start
+    assert any(f.startswith("libc.so.6+") for f in frames)
+    assert replay_case(case.path).ok
+
+
+def test_pac_bits_are_stripped_from_return_addresses() -> None:
+    """Return addresses signed with pointer authentication unwind once the PAC
+    mask from NT_ARM_PAC_MASK is applied, and do not without it."""
+    case = bundled_case("sites.f5.body", "arm64")
+    pac_bits = 0x007F_0000_0000_0000
+
+    def run(with_mask: bool) -> list[str]:
+        process = open_case(case, store_for(case))
+        plain_read = process.read
+        code = [(m.start, m.end) for m in process.mappings if m.module is not None]
+
+        def signed_read(addr: int, size: int) -> bytes | None:
+            data = plain_read(addr, size)
+            if data is not None and size == 8:
+                value = int.from_bytes(data, "little")
+                if any(s <= value < e for s, e in code):
+                    return (value | pac_bits).to_bytes(8, "little")
+            return data
+
+        process.read = signed_read  # type: ignore[method-assign]
+        process.threads[0].pac_mask = pac_bits if with_mask else None
+        try:
+            return unwind_process(process).threads[0].frames
+        finally:
+            process.close()
+
+    assert run(with_mask=True) == case.threads[0].frames
+    assert run(with_mask=False)[-1].startswith("<unwinding aborted")
+
+
+def test_core_file_has_no_file_notes() -> None:
+    case = bundled_case("recurse", "arm64")
+    core = CoreFile(store_for(case).local_path(case.coredump_ref))
+    try:
+        assert core.machine == "arm64" and core.mappings == [] and core.siginfo is None
+        assert len(case.threads[0].frames) > 220
+    finally:
+        core.close()

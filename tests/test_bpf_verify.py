@@ -1,0 +1,141 @@
+"""The unwinder is real BPF: clang -target bpf builds it and the running
+kernel's verifier accepts every program of both architectures, and the same
+check rejects a program the kernel must not run."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+
+import pytest
+
+from harness import bpf_target, libbpf
+from harness.bpf_abi import ARCH_AMD64, ARCH_ARM64, MAP_SPECS, perf_event_ctx_type
+from harness.build import BPF_SRC, REPO_ROOT
+from harness.cli import main
+
+FIXTURE = REPO_ROOT / "tests" / "fixtures" / "unbounded_loop.bpf.c"
+BPF_PERF_EVENT_ARRAY = 4
+
+
+def _need_clang() -> None:
+    if not shutil.which("clang"):
+        pytest.skip("clang is not installed (scripts/bootstrap installs it)")
+
+
+def _need_libbpf() -> None:
+    try:
+        libbpf.libbpf()
+    except libbpf.LibbpfUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def bpf_allowed() -> None:
+    """Skip, with the kernel's reason, where bpf() may not load programs."""
+    _need_clang()
+    reason = libbpf.bpf_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("arch", bpf_target.ARCHES)
+def test_bpf_build_has_programs_btf_and_real_map_sizes(arch: str) -> None:
+    _need_clang()
+    _need_libbpf()
+    obj = bpf_target.build_unwinder_bpf(arch)
+    assert bpf_target.btf_size(obj) > 0
+    assert sorted(libbpf.program_names(str(obj))) == sorted(bpf_target.UNWINDER_PROGRAMS)
+    # Every map at its maps.h size (bpf_abi mirrors maps.h for the host build);
+    # libbpf sizes the perf event array by CPU count at load time.
+    specs = {m.name: m for m in libbpf.map_specs(str(obj))}
+    assert set(specs) == set(MAP_SPECS)
+    for name, (map_type, key_size, value_size, max_entries) in MAP_SPECS.items():
+        m = specs[name]
+        assert (m.type, m.key_size, m.value_size) == (map_type, key_size, value_size), name
+        if map_type != BPF_PERF_EVENT_ARRAY:
+            assert m.max_entries == max_entries, name
+    assert specs["pid_mappings"].flags == 1  # BPF_F_NO_PREALLOC, required for LPM tries
+
+
+@pytest.mark.parametrize("arch", bpf_target.ARCHES)
+def test_unwinder_programs_pass_the_kernel_verifier(arch: str, bpf_allowed: None) -> None:
+    verdicts = bpf_target.verify_unwinder([arch])
+    assert sorted(v.program for v in verdicts) == sorted(bpf_target.UNWINDER_PROGRAMS)
+    for v in verdicts:
+        assert v.verified, f"{arch} {v.program} rejected:\n" + "\n".join(v.log_tail(20))
+        assert v.processed_insns and v.processed_insns > 0
+        if v.verified_insns is not None:
+            assert v.verified_insns == v.processed_insns
+        assert v.stack_depths and 0 < v.stack_depth <= bpf_target.MAX_STACK
+    by_name = {v.program: v for v in verdicts}
+    # unwind_native touches no ctx field: it is a perf_event program everywhere.
+    assert by_name["unwind_native"].prog_type == "perf_event"
+    entry = by_name["native_tracer_entry"]
+    if bpf_target.kernel_arch() == arch:
+        assert entry.prog_type == "perf_event" and not entry.note
+    else:
+        assert entry.prog_type == "tracepoint" and "ctx offset" in entry.note
+
+
+def test_unbounded_loop_is_rejected(bpf_allowed: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bpf-verify", "-source", str(FIXTURE), "-arch", "amd64"]) == 1
+    out = capsys.readouterr().out
+    assert "REJECTED" in out and "unbounded_loop: rejected" in out
+    assert re.search(r"BPF program is too large|infinite loop detected|back-edge", out), out
+
+
+def test_cli_bpf_verify_reports_counts(bpf_allowed: None,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bpf-verify", "-arch", ARCH_ARM64]) == 0
+    out = capsys.readouterr().out
+    for program in bpf_target.UNWINDER_PROGRAMS:
+        assert re.search(rf"arm64 +│ {program} +│ \S+ +│ verified +│ +\d+ │ +\d+ │ +\d+ │", out)
+
+
+def test_bpf_build_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    _need_clang()
+    assert main(["bpf-build", "-arch", ARCH_AMD64]) == 0
+    assert re.search(r"^amd64: .*native_stack\.bpf\.o \(\d+ bytes, \.BTF \d+ bytes\)$",
+                     capsys.readouterr().out, re.MULTILINE)
+
+
+def test_ctx_sizes_match_the_kernel_uapi() -> None:
+    """The fallback to tracepoint trusts these sizes; bpf_abi's mirror of
+    struct perf_event_ctx is checked against the C build at load time."""
+    for arch, size in bpf_target.PERF_EVENT_CTX_SIZE.items():
+        assert ctypes.sizeof(perf_event_ctx_type(arch)) == size
+
+
+def test_only_the_ctx_layout_mismatch_falls_back_to_tracepoint() -> None:
+    log = "invalid bpf_context access off={} size={}\n"
+    fca = bpf_target.foreign_ctx_access
+    assert fca(log.format(256, 8), ARCH_ARM64, ARCH_AMD64) == 256   # arm64 pc on x86_64
+    assert fca(log.format(256, 8), ARCH_ARM64, ARCH_ARM64) is None  # native: a real error
+    assert fca(log.format(288, 8), ARCH_ARM64, ARCH_AMD64) is None  # past arm64's ctx too
+    assert fca(log.format(120, 8), ARCH_ARM64, ARCH_AMD64) is None  # inside x86_64's ctx
+    assert fca(log.format(256, 4), ARCH_ARM64, ARCH_AMD64) is None  # narrow reg read
+    assert fca("R1 invalid mem access 'scalar'\n", ARCH_ARM64, ARCH_AMD64) is None
+
+
+_ALLOWED_CONDITIONS = re.compile(
+    # `#ifndef __always_inline` lets the debug build (coredump debug) turn forced
+    # inlining off; it changes no logic.
+    r"#\s*(ifndef UNWINDER_\w+_H|ifndef __always_inline|endif|else"
+    r"|if defined\(TARGET_ARCH_X86_64\)( == defined\(TARGET_ARCH_ARM64\))?"
+    r"|if defined\(__bpf__\))")
+
+
+def test_one_source_no_host_only_conditionals() -> None:
+    """bpf_src chooses only the target architecture and, in bpf_defs.h, how
+    helpers are reached; no other #if may split host and BPF code."""
+    for path in sorted(BPF_SRC.glob("*.[ch]")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = re.sub(r"/\*.*?\*/", "", line).strip()
+            if not re.match(r"#\s*(if|ifdef|ifndef|elif|else|endif)\b", stripped):
+                continue
+            assert _ALLOWED_CONDITIONS.fullmatch(stripped), f"{path.name}:{number}: {stripped}"
+            if "__bpf__" in stripped:
+                assert path.name == "bpf_defs.h", f"{path.name}:{number}: {stripped}"
+
