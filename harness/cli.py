@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "harness.qemu_record",
     "harness.cmd_debug",
     "harness.cmd_bpf",
+    "harness.cmd_data",
 ]
 
 
@@ -52,10 +53,12 @@ def cmd_new(args: argparse.Namespace) -> int:
         args.name, core=args.core, pid=args.pid, sysroot=args.sysroot,
         gdb_differences=args.gdb_differences, check_gdb=not args.no_gdb_check,
         force=args.force, progress=_stderr, testdata=Path(args.testdata),
+        bundle_modules=not args.no_module_bundling,
     )
     frames = sum(len(t.frames) for t in case.threads)
-    print(f"wrote {case.path}: {len(case.threads)} threads, {frames} frames, "
-          f"{len(case.modules)} modules bundled")
+    bundled = ("modules read from the core" if args.no_module_bundling
+               else f"{len(case.modules)} modules bundled")
+    print(f"wrote {case.path}: {len(case.threads)} threads, {frames} frames, {bundled}")
     return 0
 
 
@@ -157,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "pid", type=int, help="snapshot this running process with gcore")
     _flag(p, "core", help="import this core file")
     _flag(p, "sysroot", help="find the mapped files under this prefix")
+    _flag(p, "no-module-bundling", dest="no_module_bundling", action="store_true",
+          help="bundle no module; replay rebuilds them from the core's memory (needs a "
+               "core with file pages: coredump_filter 0x3f, set by -pid itself)")
     _flag(p, "gdb-differences", dest="gdb_differences",
           help="record even though gdb disagrees, with this explanation")
     _flag(p, "no-gdb-check", dest="no_gdb_check", action="store_true",

@@ -13,10 +13,11 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import memory_modules
 from .bpf_abi import ARCH_AMD64, ARCH_ARM64
 from .build import REPO_ROOT
 from .elfcore import CoreFile
@@ -25,8 +26,10 @@ from .formatting import frame_diff
 from .gdb_oracle import gdb_available, gdb_backtraces, make_sysroot
 from .linkmap import executable_path as executable_path_of
 from .process import Module, Process
+from .procfs import attach_problem
 from .replay import open_case, open_process, store_for, unwind_process
 from .store import BlobStore
+from .sysroot import resolve_in_sysroot
 from .testcase import ModuleRef, TestCase, ThreadFrames
 
 AT_BASE = 7
@@ -46,8 +49,9 @@ def gcore(pid: int, out_dir: str | Path) -> Path:
     if exe is None:
         raise HarnessError("gcore not found: install gdb (apt-get install gdb) to record "
                            "from a pid, or pass -core with a core file")
-    if not Path(f"/proc/{pid}").exists():
-        raise HarnessError(f"process {pid} does not exist (has it exited?)")
+    problem = attach_problem(pid)
+    if problem:
+        raise HarnessError(problem)
     prefix = Path(out_dir) / "core"
     proc = subprocess.run([exe, "-o", str(prefix), str(pid)], capture_output=True, text=True,
                           timeout=300)
@@ -55,7 +59,9 @@ def gcore(pid: int, out_dir: str | Path) -> Path:
     if proc.returncode != 0 or not core.exists():
         detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         hint = ""
-        if "ptrace" in proc.stderr.lower() or "not permitted" in proc.stderr.lower():
+        if not Path(f"/proc/{pid}").exists():
+            hint = f" — process {pid} exited while gcore ran"
+        elif "ptrace" in proc.stderr.lower() or "not permitted" in proc.stderr.lower():
             hint = (" — ptrace was refused: run as root (sudo) or allow it with "
                     "`sysctl kernel.yama.ptrace_scope=0`")
         raise HarnessError(f"gcore failed for pid {pid}{hint}: " + " | ".join(detail))
@@ -108,7 +114,9 @@ def candidate_modules(core: CoreFile, sysroot: str | None,
         path = mapping.path
         if path in found or not path.startswith("/") or path.startswith(("/dev/", "/memfd:")):
             continue
-        local = os.path.join(sysroot, path.lstrip("/")) if sysroot else path
+        local = path
+        if sysroot:  # links resolved inside the sysroot; if missing, the warning names it
+            local = resolve_in_sysroot(sysroot, path) or os.path.join(sysroot, path.lstrip("/"))
         if path.endswith(" (deleted)") or not os.path.isfile(local):
             progress(f"warning: {path} is not available at {local}; frames in it cannot be "
                      "attributed")
@@ -209,9 +217,13 @@ def _touched_modules(process: Process, touched_ids: set[int]) -> list[str]:
 def record_case(name: str, *, core: str | Path | None = None, pid: int | None = None,
                 sysroot: str | None = None, store: BlobStore | None = None,
                 testdata: Path = TESTDATA, gdb_differences: str | None = None,
-                check_gdb: bool = True, force: bool = False,
+                check_gdb: bool = True, force: bool = False, bundle_modules: bool = True,
                 progress: Progress = _quiet) -> TestCase:
-    """Create testdata/<arch>/<name>.json from a core or a running process."""
+    """Create testdata/<arch>/<name>.json from a core or a running process.
+
+    With bundle_modules=False no module is stored: replay rebuilds them from the
+    core's memory (see memory_modules), which needs a core with file pages.
+    """
     if (core is None) == (pid is None):
         raise HarnessError("give exactly one of -core FILE and -pid PID")
     if not name or "/" in name or name.startswith("."):
@@ -220,12 +232,21 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
     with tempfile.TemporaryDirectory(prefix="coredump-new-") as tmp:
         if pid is not None:
             progress(f"running gcore on pid {pid}")
-            core = gcore(pid, tmp)
+            if bundle_modules:
+                core = gcore(pid, tmp)
+            else:
+                with memory_modules.full_coredump_filter(pid):
+                    core = gcore(pid, tmp)
         assert core is not None
         core_path = Path(core)
         with CoreFile(core_path) as probe:
             arch = probe.machine
-            modules = candidate_modules(probe, sysroot, progress)
+            modules: Mapping[str, tuple[str | Path, str | None]]
+            if bundle_modules:
+                modules = candidate_modules(probe, sysroot, progress)
+            else:
+                modules = memory_modules.module_files(probe, progress=progress)
+                memory_modules.require_modules(modules, core_path)
         target = testdata / arch / f"{name}.json"
         if target.exists() and not force:
             raise HarnessError(f"{target} exists; choose another name or pass -force")
@@ -235,7 +256,7 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         try:
             result = unwind_process(process)
             threads = [ThreadFrames(t.lwp, t.frames) for t in result.threads]
-            bundled = _touched_modules(process, result.touched_file_ids)
+            bundled = _touched_modules(process, result.touched_file_ids) if bundle_modules else []
             if check_gdb:
                 if gdb_available(gdb_for(arch)) is None:
                     raise HarnessError(f"{gdb_for(arch)} is needed to cross-check a new case; "
@@ -257,6 +278,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         core_ref = store.put_file(core_path)
 
     case = TestCase(core_ref, threads, module_refs, gdb_differences=gdb_differences)
+    if not bundle_modules:
+        case.extra[memory_modules.FIELD] = True
     case.path = target
     # Self-check: the bundled subset must replay to the same frames.
     replayed = open_case(case, store)

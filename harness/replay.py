@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import bpf_abi
+from . import bpf_abi, memory_modules
 from .agent import Agent
 from .bpf_abi import ARCH_AMD64
 from .bridge import TraceResult, get_unwinder
@@ -70,7 +70,11 @@ def open_case(case: TestCase, store: BlobStore) -> Process:
     files: dict[str, tuple[str | Path, str | None]] = {
         m.local_path: (store.local_path(m.ref), m.ref) for m in case.modules
     }
-    return open_process(store.local_path(case.coredump_ref), files)
+    core_path = store.local_path(case.coredump_ref)
+    if memory_modules.enabled(case):  # modules rebuilt from the core; bundled ones win
+        with CoreFile(core_path) as core:
+            files = {**memory_modules.module_files(core), **files}
+    return open_process(core_path, files)
 
 
 def store_for(case: TestCase) -> BlobStore:

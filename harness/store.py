@@ -30,6 +30,22 @@ COMPRESSION_LEVEL = 19
 Fetcher = Callable[[str, Path], bool]
 
 
+def _no_remote(_blob_id: str, _dest: Path) -> bool:
+    return False
+
+
+# Pass as fetcher to use the local blobs only, whatever remote is configured.
+OFFLINE: Fetcher = _no_remote
+
+
+def _configured_fetcher() -> Fetcher | None:
+    """The configured remote's fetch, if any (harness.remote; imported only on a miss)."""
+    from .remote import configured_remote
+
+    remote = configured_remote()
+    return remote.fetch if remote is not None else None
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -50,7 +66,12 @@ def _atomic_target(dest: Path) -> tuple[int, str]:
 
 
 class BlobStore:
-    """Compressed blobs under `root`, uncompressed copies under `cache`."""
+    """Compressed blobs under `root`, uncompressed copies under `cache`.
+
+    A blob missing from `root` is fetched with `fetcher`, by default from the
+    configured remote store (harness.remote), into the cache, and used only if
+    its content hashes to its id.
+    """
 
     def __init__(self, root: str | os.PathLike[str] | None = None,
                  cache: str | os.PathLike[str] | None = None,
@@ -95,13 +116,35 @@ class BlobStore:
         if dest.exists():
             return dest
         src = self.blob_path(blob_id)
-        if not src.exists() and not (self.fetcher and self.fetcher(blob_id, src)):
-            raise StoreError(
-                f"blob {blob_id} is neither in {self.root} nor in a remote store; "
-                "was the case added without committing its blobs?"
-            )
-        self._extract(blob_id, src, dest)
+        if src.exists():
+            self._extract(blob_id, src, dest)
+        else:
+            self._fetch(blob_id, dest)
         return dest
+
+    def _fetch(self, blob_id: str, dest: Path) -> None:
+        """Download the compressed blob beside the cache, verify it, extract it."""
+        fetcher = self.fetcher if self.fetcher is not None else _configured_fetcher()
+        if fetcher is None:
+            raise StoreError(
+                f"blob {blob_id} is neither in {self.root} nor in a remote store (none is "
+                "configured: set COREDUMP_REMOTE or [tool.coredump] remote in pyproject.toml); "
+                "was the case added without committing or uploading its blobs?")
+        label = getattr(fetcher, "__self__", "the remote store")
+        fd, tmp = _atomic_target(self.cache / f"{blob_id}.zst")
+        os.close(fd)
+        try:
+            if not fetcher(blob_id, Path(tmp)):
+                raise StoreError(f"blob {blob_id} is neither in {self.root} nor in {label}; "
+                                 "was the case added without uploading its blobs?")
+            try:
+                self._extract(blob_id, Path(tmp), dest)
+            except StoreError as e:
+                raise StoreError(f"blob {blob_id} downloaded from {label} was rejected and "
+                                 f"not used: {e}") from e
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def _extract(self, blob_id: str, src: Path, dest: Path) -> None:
         fd, tmp = _atomic_target(dest)

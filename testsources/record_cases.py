@@ -3,7 +3,9 @@
 
 Each program is started, waited for until it prints `ready`, then frozen
 either by gcore (`coredump new -pid`) or by the kernel (SIGILL with an
-unlimited core size, then `coredump new -core`). Every recording is checked
+unlimited core size, then `coredump new -core`). "gcore-nobundle" is
+`coredump new -pid -no-module-bundling`: coredump_filter 0x3f, no modules
+stored, replay rebuilds them from the core. Every recording is checked
 against gdb by `new` itself.
 
     .venv/bin/python testsources/record_cases.py [--only NAME...] [--force]
@@ -45,6 +47,7 @@ CASES = [
     ("cxx", "cxx", "gcore"),
     ("static.sigill", "static", "kernel"),
     ("sigframe", "sigframe", "gcore"),
+    ("chain.O2.nofp.nobundle", "chain.O2.nofp", "gcore-nobundle"),
 ]
 
 # arm64 cases, recorded under qemu-user: (case name, program, site or None).
@@ -132,8 +135,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="record-") as cwd:
             proc = start(BUILD / program, cwd, core_limit=method == "kernel")
             try:
-                if method == "gcore":
-                    case = record_case(name, pid=proc.pid, force=args.force, progress=print)
+                if method.startswith("gcore"):
+                    case = record_case(name, pid=proc.pid, force=args.force, progress=print,
+                                       bundle_modules=method == "gcore")
                 else:
                     case = record_case(name, core=kernel_core(proc, cwd), force=args.force,
                                        progress=print)
