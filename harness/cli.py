@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import HarnessError
+from .process import Process
 from .record import TESTDATA, record_case, verify_case
-from .replay import open_process, replay_case, unwind_process
+from .replay import open_case, open_process, replay_case, store_for, unwind_process
 from .testcase import TestCase, find_cases, load_case
 
 # Modules adding subcommands: each has register(subparsers, flag) that adds
@@ -28,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "harness.cmd_debug",
     "harness.cmd_bpf",
     "harness.cmd_data",
+    "harness.cmd_validate",
 ]
 
 
@@ -62,14 +64,23 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_threads(threads: list[tuple[int, list[str]]], as_json: bool) -> None:
+def _print_threads(threads: list[tuple[int, list[str]]], as_json: bool,
+                   sites: dict[int, str] | None = None) -> None:
     if as_json:
         print(json.dumps([{"lwp": lwp, "frames": frames} for lwp, frames in threads], indent=2))
         return
     for lwp, frames in threads:
-        print(f"PID: {lwp}")
+        site = (sites or {}).get(lwp)
+        print(f"PID: {lwp}" + (f"  (PC at: {site})" if site else ""))
         for i, frame in enumerate(frames):
             print(f"  #{i:<3} {frame}")
+
+
+def _site_texts(process: Process) -> dict[int, str]:
+    """Each thread's PC classified (prologue, body, epilogue, return) for display."""
+    from .sites import top_frame_sites
+
+    return {lwp: site.describe() for lwp, site in top_frame_sites(process).items()}
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -77,7 +88,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise HarnessError("give exactly one of -case FILE and -core FILE")
     if args.case:
         result = replay_case(args.case)
-        _print_threads([(t.lwp, t.frames) for t in result.actual], args.json)
+        sites = None
+        if not args.json:
+            process = open_case(result.case, store_for(result.case))
+            try:
+                sites = _site_texts(process)
+            finally:
+                process.close()
+        _print_threads([(t.lwp, t.frames) for t in result.actual], args.json, sites)
         return 0
     from .elfcore import CoreFile
     from .record import candidate_modules
@@ -87,9 +105,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     process = open_process(args.core, modules)
     try:
         result_p = unwind_process(process)
+        sites = None if args.json else _site_texts(process)
     finally:
         process.close()
-    _print_threads([(t.lwp, t.frames) for t in result_p.threads], args.json)
+    _print_threads([(t.lwp, t.frames) for t in result_p.threads], args.json, sites)
     return 0
 
 

@@ -123,7 +123,7 @@ class ElfCode:
         strtab = raw[shstrndx] if shstrndx < len(raw) else None
         names = (self._raw(strtab[4], strtab[5]) or b"") if strtab else b""
         sections = []
-        for name_off, sh_type, flags, addr, offset, size, link, _info, _align, entsize in raw:
+        for name_off, sh_type, flags, addr, _offset, size, _link, _info, _align, entsize in raw:
             name = names[name_off:names.index(b"\0", name_off)].decode() if name_off < len(
                 names) else ""
             sections.append(Section(name, addr, size, entsize, flags, sh_type == SHT_NOBITS))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import capstone
 from capstone import arm64_const as A
@@ -111,10 +112,10 @@ class _Amd64(_Rules):
                 or insn.mnemonic in self.OTHER_CONTROL)
 
     @staticmethod
-    def _reg(op: object, reg: int) -> bool:
+    def _reg(op: Any, reg: int) -> bool:
         return getattr(op, "type", None) == X.X86_OP_REG and getattr(op, "reg", None) == reg
 
-    def _ops(self, insn: capstone.CsInsn) -> list[object]:
+    def _ops(self, insn: capstone.CsInsn) -> list[Any]:  # capstone operands (untyped)
         return list(insn.operands)
 
     def is_setup(self, insn: capstone.CsInsn) -> bool:
@@ -235,6 +236,50 @@ class _Arm64(_Rules):
 
 
 RULES: dict[str, _Rules] = {"amd64": _Amd64(), "arm64": _Arm64()}
+
+
+# ------------------------------------------------------------- calls that never return
+
+# Functions that never return, by name (for callees whose code is elsewhere or
+# not conclusive by scanning, e.g. behind a PLT entry).
+NORETURN_NAMES = frozenset({
+    "abort", "exit", "_exit", "_Exit", "__assert_fail", "__assert_perror_fail",
+    "__stack_chk_fail", "__fortify_fail", "__chk_fail", "__libc_fatal", "__libc_message",
+    "__malloc_assert", "longjmp", "siglongjmp", "_longjmp", "__longjmp_chk",
+    "pthread_exit", "__pthread_unwind", "__pthread_unwind_next", "__cxa_throw",
+    "__cxa_rethrow", "_Unwind_Resume", "_ZSt9terminatev",
+})
+
+
+def branch_target(insn: capstone.CsInsn) -> int | None:
+    """Target of a direct jump or branch (conditional or not); None if indirect."""
+    imms = [op.imm for op in insn.operands
+            if op.type in (X.X86_OP_IMM, A.ARM64_OP_IMM)]
+    return int(imms[-1]) if imms else None
+
+
+def never_returns(code: ElfCode, function: Function) -> bool:
+    """True if a call to this function cannot return to its caller.
+
+    By name, or by its code: no return instruction and no jump out of the
+    function (a tail call) or through a register. Compilers emit no CFI
+    for the code after such a call (it is unreachable), so a validator that
+    steps over the call would check rules that never apply there.
+    """
+    if function.name in NORETURN_NAMES:
+        return True
+    rules = RULES[code.arch]
+    md = disassembler(code.arch)
+    seen = function.start
+    for insn in md.disasm(code.code_bytes(function.start, function.end), function.start):
+        seen = insn.address + insn.size
+        if rules.is_return(insn):
+            return False
+        if insn.group(capstone.CS_GRP_JUMP):
+            target = branch_target(insn)
+            if target is None or not function.start <= target < function.end:
+                return False
+    return seen >= function.end  # undecodable bytes: not conclusive, assume it returns
 
 
 # ------------------------------------------------------------------- function shape
