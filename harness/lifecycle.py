@@ -10,10 +10,8 @@ than an age limit (6 months by default) are removed.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +23,7 @@ import zstandard
 
 from .errors import HarnessError, StoreError
 from .remote import RemoteStore
-from .store import BLOB_ID, CHUNK, BlobStore, check_id
+from .store import BLOB_ID, CHUNK, BlobStore, atomic_file, check_id
 from .testcase import TestCase, find_cases, load_case
 
 DEFAULT_REMOTE_AGE = "6mo"
@@ -158,17 +156,8 @@ def export_blob(store: BlobStore, blob_id: str, out: Path) -> Path:
     """Write a blob (core or module), decompressed, to out (atomically)."""
     src = store.local_path(check_id(blob_id))
     out = out / blob_id if out.is_dir() else out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with open(src, "rb") as f, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(f, dst, CHUNK)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open(src, "rb") as f, atomic_file(out) as dst:
+        shutil.copyfileobj(f, dst, CHUNK)
     return out
 
 

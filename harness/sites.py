@@ -196,35 +196,30 @@ class _Arm64(_Rules):
             return regs[0], regs[1]
         return None
 
-    def is_setup(self, insn: capstone.CsInsn) -> bool:
+    def _frame_op(self, insn: capstone.CsInsn, hints: frozenset[str], saves: tuple[str, ...],
+                  sp_change: str, frame_move: tuple[int, int]) -> bool:
+        """Setup and teardown mirror each other: a hint instruction, a callee-saved
+        store (load) at SP, SP decreased (increased), or x29 = SP (SP = x29)."""
         m = insn.mnemonic
-        if m in self.SETUP_HINTS:
+        if m in hints:
             return True
-        if m in ("stp", "str", "stur"):
+        if m in saves:
             regs, base = self._regs_and_mem(insn)
             return base == self.SP and bool(regs) and all(r in self.CALLEE_SAVED for r in regs)
         arith = self._sp_arith(insn)
         if arith is None:
             return False
-        dst, src = arith
-        if dst == self.SP and src == self.SP:
-            return m == "sub"
-        return dst == self.FP and src == self.SP
+        if arith == (self.SP, self.SP):
+            return m == sp_change
+        return arith == frame_move
+
+    def is_setup(self, insn: capstone.CsInsn) -> bool:
+        return self._frame_op(insn, self.SETUP_HINTS, ("stp", "str", "stur"), "sub",
+                              (self.FP, self.SP))
 
     def is_teardown(self, insn: capstone.CsInsn) -> bool:
-        m = insn.mnemonic
-        if m in self.TEARDOWN_HINTS:
-            return True
-        if m in ("ldp", "ldr", "ldur"):
-            regs, base = self._regs_and_mem(insn)
-            return base == self.SP and bool(regs) and all(r in self.CALLEE_SAVED for r in regs)
-        arith = self._sp_arith(insn)
-        if arith is None:
-            return False
-        dst, src = arith
-        if dst == self.SP and src == self.SP:
-            return m == "add"
-        return dst == self.SP and src == self.FP
+        return self._frame_op(insn, self.TEARDOWN_HINTS, ("ldp", "ldr", "ldur"), "add",
+                              (self.SP, self.FP))
 
     def is_unconditional_jump(self, insn: capstone.CsInsn) -> bool:
         return insn.mnemonic in ("b", "br", "braa", "brab", "braaz", "brabz")

@@ -14,7 +14,9 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -65,6 +67,23 @@ def _atomic_target(dest: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
 
 
+@contextmanager
+def atomic_file(dest: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Write dest all at once: parallel pytest workers and interrupted runs see
+    the old file or the whole new one, never a part. An exception inside the
+    block (a failed check, Ctrl-C) leaves dest untouched."""
+    fd, tmp = _atomic_target(dest)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 class BlobStore:
     """Compressed blobs under `root`, uncompressed copies under `cache`.
 
@@ -97,17 +116,9 @@ class BlobStore:
         dest = self.blob_path(blob_id)
         if dest.exists():
             return blob_id
-        fd, tmp = _atomic_target(dest)
-        try:
-            compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, threads=-1)
-            with open(path, "rb") as src, os.fdopen(fd, "wb") as out:
-                compressor.copy_stream(src, out, size=os.fstat(src.fileno()).st_size)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, threads=-1)
+        with open(path, "rb") as src, atomic_file(dest) as out:
+            compressor.copy_stream(src, out, size=os.fstat(src.fileno()).st_size)
         return blob_id
 
     def local_path(self, blob_id: str) -> Path:
@@ -147,29 +158,20 @@ class BlobStore:
                 os.unlink(tmp)
 
     def _extract(self, blob_id: str, src: Path, dest: Path) -> None:
-        fd, tmp = _atomic_target(dest)
         digest = hashlib.sha256()
         try:
-            with open(src, "rb") as f, os.fdopen(fd, "wb") as out:
+            # 0o444: derived from an immutable input, never edited in place
+            with open(src, "rb") as f, atomic_file(dest, 0o444) as out:
                 reader = zstandard.ZstdDecompressor().stream_reader(f)
                 while chunk := reader.read(CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
+                if digest.hexdigest() != blob_id:
+                    raise StoreError(
+                        f"blob {src} is corrupt: its content hashes to {digest.hexdigest()}, "
+                        f"not to its id {blob_id}")
         except zstandard.ZstdError as e:
-            os.unlink(tmp)
             raise StoreError(f"blob {src} is corrupt (not valid zstd data: {e})") from e
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        if digest.hexdigest() != blob_id:
-            os.unlink(tmp)
-            raise StoreError(
-                f"blob {src} is corrupt: its content hashes to {digest.hexdigest()}, "
-                f"not to its id {blob_id}"
-            )
-        os.chmod(tmp, 0o444)  # derived from an immutable input: never edited in place
-        os.replace(tmp, dest)
 
     def size(self, blob_id: str) -> int:
         return self.blob_path(blob_id).stat().st_size
