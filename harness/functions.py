@@ -5,10 +5,9 @@ function starts and ends. The unwinder's rules come per FDE, so FDE ranges
 (.eh_frame, then .debug_frame) are the primary bounds; function symbols
 (.symtab, else .dynsym) give them names and cover code without CFI.
 
-Only FDE *headers* are read here (pc_begin, pc_range). That is a few
-milliseconds for libc, against ~0.6 s for pyelftools, which decodes every
-instruction stream too; the per-case validation runs in the test suite and
-must stay fast.
+The FDE ranges come with the module's unwind data (harness/unwind_data.py),
+which is cached per content hash and already loaded by any replay of the
+module: the CFI is parsed in one place only.
 """
 
 from __future__ import annotations
@@ -20,8 +19,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from .build import cache_root
 from .errors import HarnessError
 from .process import Module
+from .store import sha256_file
+from .unwind_data import load_unwind_data
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -35,12 +37,6 @@ STB_GLOBAL, STB_WEAK = 1, 2
 SHF_EXECINSTR = 4
 EM_X86_64 = 62
 EM_AARCH64 = 183
-
-# DW_EH_PE_* pointer encodings (.eh_frame).
-_PE_OMIT = 0xFF
-_PE_FORMATS = {0x00: "<Q", 0x02: "<H", 0x03: "<I", 0x04: "<Q",
-               0x0A: "<h", 0x0B: "<i", 0x0C: "<q"}
-_PE_PCREL = 0x10
 
 
 @dataclass(frozen=True)
@@ -176,22 +172,13 @@ class ElfCode:
     # ------------------------------------------------------------------- FDEs
 
     def _fde_ranges(self) -> list[tuple[int, int]]:
-        ranges: list[tuple[int, int]] = []
-        for name, eh in ((".eh_frame", True), (".debug_frame", False)):
-            for index, sec in enumerate(self.sections):
-                if sec.name == name and not sec.nobits:
-                    data = self._section_data(index)
-                    if data:
-                        ranges.extend(_parse_fde_headers(data, sec.addr, eh))
-        return ranges
+        content_id = self.module.content_id or sha256_file(self.path)
+        return load_unwind_data(self.path, content_id, cache_root()).fde_ranges
 
     def _functions(self) -> list[Function]:
-        code = [(s.vaddr, s.vaddr + s.memsz) for s in self.module.loads if s.flags & 1]
         claimed: list[tuple[int, int]] = []
         functions: list[Function] = []
-        for start, end in self._fde_ranges():
-            if end <= start or not start or not any(lo <= start and end <= hi for lo, hi in code):
-                continue  # discarded-section tombstones and garbage
+        for start, end in self._fde_ranges():  # over code only; tombstones are dropped
             if _overlaps(claimed, start, end):
                 continue  # first FDE wins, as in unwind_data
             bisect.insort(claimed, (start, end))
@@ -232,115 +219,6 @@ def _overlaps(claimed: list[tuple[int, int]], start: int, end: int) -> bool:
     if i < len(claimed) and claimed[i][0] < end:
         return True
     return i > 0 and claimed[i - 1][1] > start
-
-
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, pos
-
-
-def _cie_fde_encoding(data: bytes, pos: int, end: int) -> int:
-    """The FDE pointer encoding a CIE declares (augmentation 'R'); absptr if none.
-    pos is just after the CIE id."""
-    version = data[pos]
-    pos += 1
-    aug_end = data.index(b"\0", pos)
-    aug = data[pos:aug_end].decode("ascii", "replace")
-    pos = aug_end + 1
-    if "eh" in aug:
-        pos += 8
-    if version >= 4:
-        pos += 2  # address_size, segment_size
-    _, pos = _uleb(data, pos)  # code alignment
-    _, pos = _uleb(data, pos)  # data alignment (SLEB; only skipped)
-    if version == 1:
-        pos += 1
-    else:
-        _, pos = _uleb(data, pos)
-    if not aug.startswith("z"):
-        return 0
-    _, pos = _uleb(data, pos)  # augmentation data length
-    for ch in aug[1:]:
-        if ch == "R":
-            return data[pos]
-        if ch == "L":
-            pos += 1
-        elif ch == "P":
-            enc = data[pos]
-            pos += 1 + _encoded_size(enc, data, pos)
-        elif ch not in "SBG":
-            return 0  # unknown augmentation: cannot read further
-    return 0
-
-
-def _encoded_size(enc: int, data: bytes, pos: int) -> int:
-    fmt = _PE_FORMATS.get(enc & 0x0F)
-    if fmt is not None:
-        return struct.calcsize(fmt)
-    if enc & 0x0F in (0x01, 0x09):
-        return _uleb(data, pos)[1] - pos
-    raise ValueError(f"pointer encoding {enc:#x}")
-
-
-def _read_encoded(enc: int, data: bytes, pos: int, field_addr: int) -> tuple[int, int]:
-    fmt = _PE_FORMATS.get(enc & 0x0F)
-    if fmt is None:
-        raise ValueError(f"pointer encoding {enc:#x}")
-    (value,) = struct.unpack_from(fmt, data, pos)
-    if enc & 0x70 == _PE_PCREL:
-        value += field_addr
-    return value & 0xFFFF_FFFF_FFFF_FFFF, pos + struct.calcsize(fmt)
-
-
-def _parse_fde_headers(data: bytes, section_addr: int, eh: bool) -> list[tuple[int, int]]:
-    """(pc_begin, pc_end) of every FDE of an .eh_frame or .debug_frame section.
-    A malformed entry ends the walk of that section (what follows is unreliable)."""
-    ranges = []
-    encodings: dict[int, int] = {}
-    pos = 0
-    while pos + 4 <= len(data):
-        (length,) = struct.unpack_from("<I", data, pos)
-        if length == 0:
-            pos += 4
-            continue
-        id_size, header = 4, 4
-        if length == 0xFFFFFFFF:
-            (length,) = struct.unpack_from("<Q", data, pos + 4)
-            id_size, header = 8, 12
-        body = pos + header
-        end = body + length
-        if end > len(data):
-            break
-        (cie_id,) = struct.unpack_from("<I" if id_size == 4 else "<Q", data, body)
-        is_cie = cie_id == 0 if eh else cie_id == (1 << (8 * id_size)) - 1
-        try:
-            if is_cie:
-                encodings[pos] = _cie_fde_encoding(data, body + id_size, end) if eh else 0
-            else:
-                cie_pos = body - cie_id if eh else cie_id
-                enc = encodings.get(cie_pos)
-                if enc is None:
-                    enc = _cie_fde_encoding(data, _cie_body(data, cie_pos), end) if eh else 0
-                field = body + id_size
-                start, field_end = _read_encoded(enc, data, field, section_addr + field)
-                size, _ = _read_encoded(enc & 0x0F, data, field_end, 0)
-                if enc != _PE_OMIT:
-                    ranges.append((start, start + size))
-        except (IndexError, ValueError, struct.error):
-            break
-        pos = end
-    return ranges
-
-
-def _cie_body(data: bytes, cie_pos: int) -> int:
-    (length,) = struct.unpack_from("<I", data, cie_pos)
-    return cie_pos + (16 if length == 0xFFFFFFFF else 8)
 
 
 @lru_cache(maxsize=32)

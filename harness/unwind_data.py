@@ -18,12 +18,11 @@ import os
 import re
 import struct
 import sys
-import tempfile
 import zlib
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,8 @@ from elftools.elf.sections import Section
 
 from harness.errors import UnwindDataError
 
+from .store import atomic_file
+
 log = logging.getLogger(__name__)
 
 CFA_INVALID = 0  # no usable rule at this PC: the unwinder reports an error
@@ -58,7 +59,7 @@ _CFA_OPS = frozenset({CFA_INVALID, CFA_STOP, CFA_SP, CFA_FP, CFA_PLT, CFA_SIGNAL
 
 # Bump whenever extraction semantics or the cache layout change: old files are then
 # simply never looked at again (the version is part of the file name).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class ModuleUnwindData:
     fde_count: int  # FDEs decoded successfully
     fde_errors: int  # FDEs skipped because pyelftools raised or the FDE was malformed
     sources: list[str]  # CFI sections used, e.g. [".eh_frame", ".debug_frame"]
+    # [start, end) of every FDE over code, in section order (.eh_frame first): the
+    # function bounds of the instruction-level tools (harness/functions.py)
+    fde_ranges: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,7 @@ def _extract(elf: ELFFile, arch: _Arch, path: str) -> ModuleUnwindData:
     coverage = _Coverage()
     segments: list[tuple[int, int, UnwindRule]] = []
     sources: list[str] = []
+    fde_ranges: list[tuple[int, int]] = []
     for name, for_eh_frame in ((".eh_frame", True), (".debug_frame", False)):
         opened = _open_cfi(elf, name, for_eh_frame, path)
         if opened is None:
@@ -174,6 +179,7 @@ def _extract(elf: ELFFile, arch: _Arch, path: str) -> ModuleUnwindData:
             end = start + fde["address_range"]
             if not _is_code(start, end, code):
                 continue  # e.g. FDEs of discarded functions "relocated" to 0 or -1
+            fde_ranges.append((start, end))
             try:
                 fde_segments = _fde_segments(fde, start, end, arch)
             except Exception as exc:  # pyelftools raises assorted types on odd CFI
@@ -188,6 +194,7 @@ def _extract(elf: ELFFile, arch: _Arch, path: str) -> ModuleUnwindData:
         fde_count=stats.fde_count,
         fde_errors=stats.fde_errors,
         sources=sources,
+        fde_ranges=fde_ranges,
     )
 
 
@@ -475,10 +482,11 @@ def _build_deltas(segments: list[tuple[int, int, UnwindRule]]) -> list[tuple[int
 
 # Layout (little-endian): header, meta (content id and source names, "\n"-separated),
 # n_rules x 5 int32 (cfa_op, cfa_param, fp_offset, ra_offset, aux), n_deltas uint64
-# vaddrs, n_deltas uint32 rule indices, then a CRC32 of everything before it.
+# vaddrs, n_deltas uint32 rule indices, n_fdes x 2 uint64 FDE ranges, then a CRC32
+# of everything before it.
 _MAGIC = b"UNWDELTA"
-_HEADER = struct.Struct("<8sHHIIIII")  # magic, version, machine, fde_count, fde_errors,
-#                                         n_rules, n_deltas, meta_len
+_HEADER = struct.Struct("<8sHHIIIIII")  # magic, version, machine, fde_count, fde_errors,
+#                                          n_rules, n_deltas, n_fdes, meta_len
 _RULE = struct.Struct("<5i")
 _CRC = struct.Struct("<I")
 _MACHINES = ["amd64", "arm64"]
@@ -515,9 +523,11 @@ def _encode_cache(data: ModuleUnwindData, content_id: str) -> bytes:
     rule_index: dict[UnwindRule, int] = {}
     indices = array("I", (rule_index.setdefault(r, len(rule_index)) for _, r in data.deltas))
     vaddrs = array("Q", (addr for addr, _ in data.deltas))
+    ranges = array("Q", (bound for fde in data.fde_ranges for bound in fde))
     if sys.byteorder == "big":
         indices.byteswap()
         vaddrs.byteswap()
+        ranges.byteswap()
     meta = "\n".join([content_id, *data.sources]).encode()
     parts = [
         _HEADER.pack(
@@ -528,6 +538,7 @@ def _encode_cache(data: ModuleUnwindData, content_id: str) -> bytes:
             data.fde_errors,
             len(rule_index),
             len(data.deltas),
+            len(data.fde_ranges),
             len(meta),
         ),
         meta,
@@ -536,6 +547,7 @@ def _encode_cache(data: ModuleUnwindData, content_id: str) -> bytes:
         ),
         vaddrs.tobytes(),
         indices.tobytes(),
+        ranges.tobytes(),
     ]
     body = b"".join(parts)
     return body + _CRC.pack(zlib.crc32(body))
@@ -545,10 +557,11 @@ def _decode_cache(blob: bytes, content_id: str) -> ModuleUnwindData | None:
     """Parse a cache file; None if it is in any way not what we wrote."""
     if len(blob) < _HEADER.size + _CRC.size:
         return None
-    magic, version, machine, fde_count, fde_errors, n_rules, n_deltas, meta_len = (
+    magic, version, machine, fde_count, fde_errors, n_rules, n_deltas, n_fdes, meta_len = (
         _HEADER.unpack_from(blob)
     )
-    expected = _HEADER.size + meta_len + n_rules * _RULE.size + n_deltas * 12 + _CRC.size
+    expected = (_HEADER.size + meta_len + n_rules * _RULE.size + n_deltas * 12 + n_fdes * 16
+                + _CRC.size)
     if magic != _MAGIC or version != FORMAT_VERSION or len(blob) != expected:
         return None
     body = memoryview(blob)[: -_CRC.size]
@@ -564,12 +577,16 @@ def _decode_cache(blob: bytes, content_id: str) -> ModuleUnwindData | None:
     pos += meta_len
     rules_end = pos + n_rules * _RULE.size
     rules = [UnwindRule(*fields) for fields in _RULE.iter_unpack(body[pos:rules_end])]
-    vaddrs, indices = array("Q"), array("I")
-    vaddrs.frombytes(body[rules_end : rules_end + n_deltas * 8])
-    indices.frombytes(body[rules_end + n_deltas * 8 :])
+    vaddrs, indices, ranges = array("Q"), array("I"), array("Q")
+    indices_start = rules_end + n_deltas * 8
+    ranges_start = indices_start + n_deltas * 4
+    vaddrs.frombytes(body[rules_end:indices_start])
+    indices.frombytes(body[indices_start:ranges_start])
+    ranges.frombytes(body[ranges_start:])
     if sys.byteorder == "big":
         vaddrs.byteswap()
         indices.byteswap()
+        ranges.byteswap()
     if any(r.cfa_op not in _CFA_OPS for r in rules) or (indices and max(indices) >= n_rules):
         return None
     return ModuleUnwindData(
@@ -578,25 +595,15 @@ def _decode_cache(blob: bytes, content_id: str) -> ModuleUnwindData | None:
         fde_count=fde_count,
         fde_errors=fde_errors,
         sources=sources,
+        fde_ranges=list(zip(ranges[::2], ranges[1::2], strict=True)),
     )
 
 
 def _write_atomically(target: Path, payload: bytes) -> None:
-    """Write via a temp file + rename so readers never see a partial file. Failure to
-    cache is not fatal: the caller already has the data."""
+    """Readers never see a partial file (store.atomic_file). Failure to cache is
+    not fatal: the caller already has the data."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        log.warning("cannot write unwind cache %s: %s", target, exc)
-        return
-    try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_file(target) as out:
             out.write(payload)
-        os.replace(tmp, target)
     except OSError as exc:
         log.warning("cannot write unwind cache %s: %s", target, exc)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
