@@ -1,13 +1,22 @@
 """Exception types. Every error a user can cause (bad input) is a HarnessError with a
-message that says what was wrong and, where possible, what to do about it."""
+message that says what was wrong and, where possible, what to do about it. The CLI
+prints it as one line and exits 2; anything else is a bug and keeps its traceback."""
 
 
 class HarnessError(Exception):
     """Base of all errors reported to the user without a traceback."""
 
 
+class ConfigError(HarnessError):
+    """The project's settings ([tool.coredump] in pyproject.toml, environment) are invalid."""
+
+
 class CoreError(HarnessError):
     """A core file is not a core, is truncated, or is of an unsupported kind."""
+
+
+class ModuleError(HarnessError):
+    """A module file (an executable or shared object) cannot be used."""
 
 
 class StoreError(HarnessError):
@@ -23,4 +32,4 @@ class UnwindDataError(HarnessError):
 
 
 class BuildError(HarnessError):
-    """The unwinder shared object could not be compiled."""
+    """The unwinder could not be compiled, or the compiled object disagrees with Python."""

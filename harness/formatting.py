@@ -8,8 +8,8 @@ frame and frames interrupted by a signal carry the exact PC.
 
 from __future__ import annotations
 
-from .bpf_abi import ERROR_NAMES, FRAME_ERROR, FRAME_NATIVE, TRACE_STATUS_ABORTED
-from .bridge import RawFrame, TraceResult
+from .bpf.abi import ERROR_NAMES, FRAME_ERROR, FRAME_NATIVE, TRACE_STATUS_ABORTED
+from .bpf.bridge import RawFrame, TraceResult
 
 
 def error_name(code: int) -> str:

@@ -5,43 +5,22 @@ This is the library the CLI and the tests call; nothing here prints.
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import bpf_abi, memory_modules
-from .agent import Agent
-from .bpf_abi import ARCH_AMD64
-from .bridge import TraceResult, get_unwinder
-from .elfcore import CoreFile, ThreadState
+from .bpf.abi import target_regs
+from .bpf.agent import Agent
+from .bpf.bridge import TraceResult, get_unwinder
+from .cases.case_file import TestCase, ThreadFrames, load_case
+from .cases.store import BlobStore, store_for
+from .core.elfcore import CoreFile
+from .core.memory_modules import module_files
+from .core.module import Module
+from .core.process import Process
 from .formatting import format_trace, frame_diff
-from .process import Module, Process
-from .store import BlobStore
-from .testcase import TestCase, ThreadFrames, load_case
-
-# NT_PRSTATUS names -> struct pt_regs field names (x86_64).
-_AMD64_FIELDS = {
-    "r15": "r15", "r14": "r14", "r13": "r13", "r12": "r12", "rbp": "bp", "rbx": "bx",
-    "r11": "r11", "r10": "r10", "r9": "r9", "r8": "r8", "rax": "ax", "rcx": "cx",
-    "rdx": "dx", "rsi": "si", "rdi": "di", "orig_rax": "orig_ax", "rip": "ip", "cs": "cs",
-    "eflags": "flags", "rsp": "sp", "ss": "ss",
-}
-
-
-def regs_struct(arch: str, thread: ThreadState) -> ctypes.Structure:
-    """The perf-event register context the kernel would hand the program."""
-    regs = bpf_abi.regs_type(arch)()
-    if arch == ARCH_AMD64:
-        for name, field_name in _AMD64_FIELDS.items():
-            setattr(regs, field_name, thread.regs.get(name, 0))
-    else:
-        for i in range(31):
-            regs.regs[i] = thread.regs.get(f"x{i}", 0)  # type: ignore[attr-defined]
-        for name in ("sp", "pc", "pstate"):
-            setattr(regs, name, thread.regs.get(name, 0))
-    return regs
+from .helpers.bpf_helpers import MemoryReader
 
 
 @dataclass
@@ -58,45 +37,62 @@ class ProcessResult:
     faults_hit: set[int] = field(default_factory=set)
 
 
-def open_process(core_path: str | Path,
-                 module_files: Mapping[str, tuple[str | Path, str | None]]) -> Process:
-    """A Process from a core and {original path: (local file, content id or None)}."""
-    core = CoreFile(core_path)
-    modules = {path: Module(path, local, cid) for path, (local, cid) in module_files.items()}
+def process_from(core: CoreFile,
+                 files: Mapping[str, tuple[str | Path, str | None]]) -> Process:
+    """A Process from an open core and {original path: (local file, content id or None)}.
+    The process owns the core from then on (Process.close closes it)."""
+    modules: dict[str, Module] = {}
+    try:
+        for path, (local, content_id) in files.items():
+            modules[path] = Module(path, local, content_id)
+    except BaseException:
+        for module in modules.values():
+            module.close()
+        core.close()
+        raise
     return Process(core, modules)
 
 
-def open_case(case: TestCase, store: BlobStore) -> Process:
+def open_process(core_path: str | Path,
+                 files: Mapping[str, tuple[str | Path, str | None]]) -> Process:
+    """A Process from a core file and its module files."""
+    return process_from(CoreFile(core_path), files)
+
+
+def open_case(case: TestCase, store: BlobStore | None = None) -> Process:
+    """The case's core with its modules: the bundled ones, and for a case recorded
+    with -no-module-bundling those rebuilt from the core's memory (bundled ones win)."""
+    store = store or store_for(case)
     files: dict[str, tuple[str | Path, str | None]] = {
         m.local_path: (store.local_path(m.ref), m.ref) for m in case.modules
     }
-    core_path = store.local_path(case.coredump_ref)
-    if memory_modules.enabled(case):  # modules rebuilt from the core; bundled ones win
-        with CoreFile(core_path) as core:
-            files = {**memory_modules.module_files(core), **files}
-    return open_process(core_path, files)
+    core = CoreFile(store.local_path(case.coredump_ref))
+    if case.no_module_bundling:
+        try:
+            files = {**module_files(core), **files}
+        except BaseException:
+            core.close()
+            raise
+    return process_from(core, files)
 
 
-def store_for(case: TestCase) -> BlobStore:
-    """The store beside the case's testdata directory (testdata/<arch>/x.json -> testdata/blobs)."""
-    if case.path is not None:
-        return BlobStore(case.path.resolve().parent.parent / "blobs")
-    return BlobStore()
+def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset(),
+                   reader: MemoryReader | None = None) -> ProcessResult:
+    """Unwind every thread of the process with the C unwinder.
 
-
-def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset()
-                   ) -> ProcessResult:
-    """Unwind every thread of the process with the C unwinder."""
+    `reader` replaces process.read as the unwinder's memory (recording wraps it
+    to learn which module files served reads)."""
     unwinder = get_unwinder(process.arch)
     agent = Agent(unwinder, process)
     agent.attach()
+    read = reader or process.read
     names = {m.file_id: m.name for m in process.modules.values()}
     results: list[ThreadResult] = []
     touched: set[int] = set()
     faults: set[int] = set()
     for thread in process.threads:
-        trace = unwinder.unwind(regs_struct(process.arch, thread), process.pid, thread.lwp,
-                                process.read, fault_addresses)
+        trace = unwinder.unwind(target_regs(process.arch, thread.regs), process.pid,
+                                thread.lwp, read, fault_addresses)
         touched.update(f.file_id for f in trace.frames if f.file_id)
         faults |= trace.faults_hit
         results.append(ThreadResult(thread.lwp, format_trace(trace, names), trace))
@@ -110,6 +106,7 @@ class CaseResult:
     actual: list[ThreadFrames]
     seconds: float
     problems: list[str]
+    unwound: ProcessResult | None = None
 
     @property
     def ok(self) -> bool:
@@ -118,6 +115,11 @@ class CaseResult:
     @property
     def frame_count(self) -> int:
         return sum(len(t.frames) for t in self.actual)
+
+
+def thread_frames(result: ProcessResult) -> list[ThreadFrames]:
+    """The threads of an unwound process in the case file's shape."""
+    return [ThreadFrames(t.lwp, t.frames) for t in result.threads]
 
 
 def compare_threads(expected: list[ThreadFrames], actual: list[ThreadFrames]) -> list[str]:
@@ -136,21 +138,28 @@ def compare_threads(expected: list[ThreadFrames], actual: list[ThreadFrames]) ->
     return problems
 
 
-def replay_case(case: TestCase | str | Path, store: BlobStore | None = None) -> CaseResult:
-    """Replay one case and compare it with its expected frames."""
-    if not isinstance(case, TestCase):
-        case = load_case(case)
-    store = store or store_for(case)
+def replay_process(case: TestCase, process: Process) -> CaseResult:
+    """Unwind an open process of a case and compare it with the case's frames."""
     start = time.perf_counter()
-    process = open_case(case, store)
-    try:
-        result = unwind_process(process, frozenset(case.fault_addresses))
-    finally:
-        process.close()
-    actual = [ThreadFrames(t.lwp, t.frames) for t in result.threads]
+    result = unwind_process(process, frozenset(case.fault_addresses))
+    actual = thread_frames(result)
     problems = compare_threads(case.threads, actual)
     unused = set(case.fault_addresses) - result.faults_hit
     if unused:
         problems.append("fault-addresses never read (stale entries?): "
                         + ", ".join(f"{a:#x}" for a in sorted(unused)))
-    return CaseResult(case, actual, time.perf_counter() - start, problems)
+    return CaseResult(case, actual, time.perf_counter() - start, problems, result)
+
+
+def replay_case(case: TestCase | str | Path, store: BlobStore | None = None) -> CaseResult:
+    """Replay one case and compare it with its expected frames."""
+    if not isinstance(case, TestCase):
+        case = load_case(case)
+    start = time.perf_counter()
+    process = open_case(case, store)
+    try:
+        result = replay_process(case, process)
+    finally:
+        process.close()
+    result.seconds = time.perf_counter() - start
+    return result

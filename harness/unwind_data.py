@@ -4,7 +4,9 @@ The eBPF unwinder cannot interpret DWARF CFI at sample time, so - like a profile
 user-space agent - we pre-digest each module's .eh_frame/.debug_frame into a flat,
 sorted list of (address, rule) pairs. Each rule says how to find the caller's frame
 (CFA, saved frame pointer, return address) for every PC up to the next entry; the C
-side binary-searches this list. The numeric constants below are mirrored in C.
+side binary-searches this list. The CFA_* constants below are the rule vocabulary
+shared with the C code (`enum cfa_op` in bpf_src/types.h; tests/test_abi_constants.py
+checks that the two agree).
 
 Extraction is slow (pure-Python DWARF decoding, ~1 s for libc), so results are
 cached per module content hash in a compact, checksummed binary file.
@@ -42,9 +44,9 @@ from elftools.dwarf.structs import DWARFStructs
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import Section
 
-from harness.errors import UnwindDataError
-
-from .store import atomic_file
+from .arch import AMD64, ARCHES, ARM64, Arch
+from .errors import UnwindDataError
+from .files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +112,14 @@ class _Arch:
     default_ra_offset: int  # RA location when the RA column has no rule
     plt_expressions: bool  # whether to recognise the x86_64 PLT CFA expression
 
+    @classmethod
+    def of(cls, arch: Arch) -> _Arch:
+        # binutils describes x86_64 .plt entries with one CFA expression (see below)
+        return cls(arch.name, arch.dwarf_sp, arch.dwarf_fp, arch.entry_ra_offset,
+                   plt_expressions=arch.name == AMD64)
 
-_ARCHES = {
-    "EM_X86_64": _Arch("amd64", sp=7, fp=6, default_ra_offset=-8, plt_expressions=True),
-    "EM_AARCH64": _Arch("arm64", sp=31, fp=29, default_ra_offset=0, plt_expressions=False),
-}
+
+_ARCHES = {a.elf_machine_name: _Arch.of(a) for a in ARCHES.values()}
 
 
 class _MalformedFDE(Exception):
@@ -489,7 +494,7 @@ _HEADER = struct.Struct("<8sHHIIIIII")  # magic, version, machine, fde_count, fd
 #                                          n_rules, n_deltas, n_fdes, meta_len
 _RULE = struct.Struct("<5i")
 _CRC = struct.Struct("<I")
-_MACHINES = ["amd64", "arm64"]
+_MACHINES = [AMD64, ARM64]  # the header stores the index: append only
 _CONTENT_ID = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -517,6 +522,22 @@ def load_unwind_data(
     data = extract_unwind_data(path)
     _write_atomically(cache_file, _encode_cache(data, content_id))
     return data
+
+
+@lru_cache(maxsize=64)
+def _loaded(path: str, content_id: str, cache_dir: str) -> ModuleUnwindData:
+    return load_unwind_data(path, content_id, cache_dir)
+
+
+def module_unwind_data(path: str | os.PathLike[str], content_id: str,
+                       cache_dir: str | os.PathLike[str]) -> ModuleUnwindData:
+    """load_unwind_data, remembered for the life of the process.
+
+    A module's content never changes under its content id, so everything in one
+    process that needs its unwind data (the agent filling the maps, the site
+    classifier, the validators) shares one decoded copy. Callers must not modify it.
+    """
+    return _loaded(os.fspath(path), content_id, os.fspath(cache_dir))
 
 
 def _encode_cache(data: ModuleUnwindData, content_id: str) -> bytes:
@@ -600,7 +621,7 @@ def _decode_cache(blob: bytes, content_id: str) -> ModuleUnwindData | None:
 
 
 def _write_atomically(target: Path, payload: bytes) -> None:
-    """Readers never see a partial file (store.atomic_file). Failure to cache is
+    """Readers never see a partial file (files.atomic_file). Failure to cache is
     not fatal: the caller already has the data."""
     try:
         with atomic_file(target) as out:

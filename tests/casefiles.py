@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.build import REPO_ROOT
-from harness.testcase import TestCase, load_case
+from harness.cases.case_file import TestCase, load_case
+from harness.paths import REPO_ROOT
 
 TESTDATA = REPO_ROOT / "testdata"
 

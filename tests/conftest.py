@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import REPO_ROOT
-from harness.testcase import find_cases
+from harness.cases.case_file import find_cases
+from harness.paths import REPO_ROOT
 
 CASE_FILES = find_cases(REPO_ROOT / "testdata")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness.remote import FsspecRemote, configured_remote
+from harness.cases.remote import FsspecRemote, configured_remote
 
 DUMMY_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import linkmap
-from harness.build import REPO_ROOT
-from harness.elfcore import CoreFile
-from harness.gdb_oracle import gdb_available
-from harness.qemu_record import record_under_qemu, resolve_site
-from harness.replay import open_case, replay_case, store_for, unwind_process
+from harness.cases.store import store_for
+from harness.core import elfcore, linkmap
+from harness.core.elfcore import CoreFile
+from harness.paths import REPO_ROOT
+from harness.record.gdb_oracle import gdb_available
+from harness.record.qemu import record_under_qemu, resolve_site
+from harness.replay import open_case, replay_case, unwind_process
 from tests.casefiles import bundled_case
 
 ARM64 = REPO_ROOT / "testdata" / "arm64"
@@ -30,9 +31,9 @@ def test_qemu_core_modules_come_from_link_map() -> None:
         objects = {o.path: o.bias for o in process.loaded_objects()}
         assert set(objects) == {m.local_path for m in case.modules}
         # The loader's own link_map entry agrees with the aux vector.
-        assert objects["/lib/ld-linux-aarch64.so.1"] == process.core.auxv[linkmap.AT_BASE]
+        assert objects["/lib/ld-linux-aarch64.so.1"] == process.core.auxv[elfcore.AT_BASE]
         exe = linkmap.executable_path(process.core)
-        assert exe and objects[exe] == process.core.auxv[linkmap.AT_ENTRY] - \
+        assert exe and objects[exe] == process.core.auxv[elfcore.AT_ENTRY] - \
             process.modules[exe].entry
     finally:
         process.close()

@@ -10,10 +10,12 @@ import shutil
 
 import pytest
 
-from harness import bpf_target, libbpf
-from harness.bpf_abi import ARCH_AMD64, ARCH_ARM64, MAP_SPECS, perf_event_ctx_type
-from harness.build import BPF_SRC, REPO_ROOT
+from harness.arch import AMD64, ARCH_NAMES, ARM64
+from harness.bpf import build as bpf_build
+from harness.bpf import libbpf, verifier
+from harness.bpf.abi import MAP_SPECS, perf_event_ctx_type
 from harness.cli import main
+from harness.paths import BPF_SRC, REPO_ROOT
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "unbounded_loop.bpf.c"
 BPF_PERF_EVENT_ARRAY = 4
@@ -40,13 +42,13 @@ def bpf_allowed() -> None:
         pytest.skip(reason)
 
 
-@pytest.mark.parametrize("arch", bpf_target.ARCHES)
+@pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_bpf_build_has_programs_btf_and_real_map_sizes(arch: str) -> None:
     _need_clang()
     _need_libbpf()
-    obj = bpf_target.build_unwinder_bpf(arch)
-    assert bpf_target.btf_size(obj) > 0
-    assert sorted(libbpf.program_names(str(obj))) == sorted(bpf_target.UNWINDER_PROGRAMS)
+    obj = bpf_build.build_unwinder_bpf(arch)
+    assert bpf_build.btf_size(obj) > 0
+    assert sorted(libbpf.program_names(str(obj))) == sorted(bpf_build.UNWINDER_PROGRAMS)
     # Every map at its maps.h size (bpf_abi mirrors maps.h for the host build);
     # libbpf sizes the perf event array by CPU count at load time.
     specs = {m.name: m for m in libbpf.map_specs(str(obj))}
@@ -59,21 +61,21 @@ def test_bpf_build_has_programs_btf_and_real_map_sizes(arch: str) -> None:
     assert specs["pid_mappings"].flags == 1  # BPF_F_NO_PREALLOC, required for LPM tries
 
 
-@pytest.mark.parametrize("arch", bpf_target.ARCHES)
+@pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_unwinder_programs_pass_the_kernel_verifier(arch: str, bpf_allowed: None) -> None:
-    verdicts = bpf_target.verify_unwinder([arch])
-    assert sorted(v.program for v in verdicts) == sorted(bpf_target.UNWINDER_PROGRAMS)
+    verdicts = verifier.verify_unwinder([arch])
+    assert sorted(v.program for v in verdicts) == sorted(bpf_build.UNWINDER_PROGRAMS)
     for v in verdicts:
         assert v.verified, f"{arch} {v.program} rejected:\n" + "\n".join(v.log_tail(20))
         assert v.processed_insns and v.processed_insns > 0
         if v.verified_insns is not None:
             assert v.verified_insns == v.processed_insns
-        assert v.stack_depths and 0 < v.stack_depth <= bpf_target.MAX_STACK
+        assert v.stack_depths and 0 < v.stack_depth <= verifier.MAX_STACK
     by_name = {v.program: v for v in verdicts}
     # unwind_native touches no ctx field: it is a perf_event program everywhere.
     assert by_name["unwind_native"].prog_type == "perf_event"
     entry = by_name["native_tracer_entry"]
-    if bpf_target.kernel_arch() == arch:
+    if verifier.kernel_arch() == arch:
         assert entry.prog_type == "perf_event" and not entry.note
     else:
         assert entry.prog_type == "tracepoint" and "ctx offset" in entry.note
@@ -88,15 +90,15 @@ def test_unbounded_loop_is_rejected(bpf_allowed: None, capsys: pytest.CaptureFix
 
 def test_cli_bpf_verify_reports_counts(bpf_allowed: None,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bpf-verify", "-arch", ARCH_ARM64]) == 0
+    assert main(["bpf-verify", "-arch", ARM64]) == 0
     out = capsys.readouterr().out
-    for program in bpf_target.UNWINDER_PROGRAMS:
+    for program in bpf_build.UNWINDER_PROGRAMS:
         assert re.search(rf"arm64 +│ {program} +│ \S+ +│ verified +│ +\d+ │ +\d+ │ +\d+ │", out)
 
 
 def test_bpf_build_cli(capsys: pytest.CaptureFixture[str]) -> None:
     _need_clang()
-    assert main(["bpf-build", "-arch", ARCH_AMD64]) == 0
+    assert main(["bpf-build", "-arch", AMD64]) == 0
     assert re.search(r"^amd64: .*native_stack\.bpf\.o \(\d+ bytes, \.BTF \d+ bytes\)$",
                      capsys.readouterr().out, re.MULTILINE)
 
@@ -104,19 +106,19 @@ def test_bpf_build_cli(capsys: pytest.CaptureFixture[str]) -> None:
 def test_ctx_sizes_match_the_kernel_uapi() -> None:
     """The fallback to tracepoint trusts these sizes; bpf_abi's mirror of
     struct perf_event_ctx is checked against the C build at load time."""
-    for arch, size in bpf_target.PERF_EVENT_CTX_SIZE.items():
+    for arch, size in verifier.PERF_EVENT_CTX_SIZE.items():
         assert ctypes.sizeof(perf_event_ctx_type(arch)) == size
 
 
 def test_only_the_ctx_layout_mismatch_falls_back_to_tracepoint() -> None:
     log = "invalid bpf_context access off={} size={}\n"
-    fca = bpf_target.foreign_ctx_access
-    assert fca(log.format(256, 8), ARCH_ARM64, ARCH_AMD64) == 256   # arm64 pc on x86_64
-    assert fca(log.format(256, 8), ARCH_ARM64, ARCH_ARM64) is None  # native: a real error
-    assert fca(log.format(288, 8), ARCH_ARM64, ARCH_AMD64) is None  # past arm64's ctx too
-    assert fca(log.format(120, 8), ARCH_ARM64, ARCH_AMD64) is None  # inside x86_64's ctx
-    assert fca(log.format(256, 4), ARCH_ARM64, ARCH_AMD64) is None  # narrow reg read
-    assert fca("R1 invalid mem access 'scalar'\n", ARCH_ARM64, ARCH_AMD64) is None
+    fca = verifier.foreign_ctx_access
+    assert fca(log.format(256, 8), ARM64, AMD64) == 256   # arm64 pc on x86_64
+    assert fca(log.format(256, 8), ARM64, ARM64) is None  # native: a real error
+    assert fca(log.format(288, 8), ARM64, AMD64) is None  # past arm64's ctx too
+    assert fca(log.format(120, 8), ARM64, AMD64) is None  # inside x86_64's ctx
+    assert fca(log.format(256, 4), ARM64, AMD64) is None  # narrow reg read
+    assert fca("R1 invalid mem access 'scalar'\n", ARM64, AMD64) is None
 
 
 _ALLOWED_CONDITIONS = re.compile(

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.agent import Agent
-from harness.bpf_abi import ARCH_AMD64, ARCH_ARM64, check_abi
-from harness.bridge import get_unwinder
-from harness.build import REPO_ROOT
+from harness.arch import AMD64, ARM64
+from harness.bpf.abi import check_abi, target_regs
+from harness.bpf.agent import Agent
+from harness.bpf.bridge import get_unwinder
+from harness.cases.store import store_for
 from harness.errors import BuildError, HarnessError
 from harness.formatting import format_trace
-from harness.replay import open_case, regs_struct, replay_case, store_for
+from harness.paths import REPO_ROOT
+from harness.replay import open_case, replay_case
 from tests.casefiles import bundled_case
 
 CASES = REPO_ROOT / "testdata" / "amd64"
@@ -27,7 +29,7 @@ def _unwind(case_name: str, read=None, **reg_overrides: int):  # type: ignore[no
     unwinder = get_unwinder(process.arch)
     Agent(unwinder, process).attach()
     thread = process.threads[0]
-    regs = regs_struct(process.arch, thread)
+    regs = target_regs(process.arch, thread.regs)
     for name, value in reg_overrides.items():
         setattr(regs, name, value)
     trace = unwinder.unwind(regs, process.pid, thread.lwp, read or process.read)
@@ -36,14 +38,14 @@ def _unwind(case_name: str, read=None, **reg_overrides: int):  # type: ignore[no
 
 
 def test_both_architectures_build_and_match_the_abi_mirror() -> None:
-    for arch in (ARCH_AMD64, ARCH_ARM64):
+    for arch in (AMD64, ARM64):
         assert get_unwinder(arch).path.exists()
 
 
 def test_abi_mismatch_is_detected() -> None:
-    lib = ctypes.CDLL(str(get_unwinder(ARCH_AMD64).path))
+    lib = ctypes.CDLL(str(get_unwinder(AMD64).path))
     with pytest.raises(BuildError, match="disagree"):
-        check_abi(lib, ARCH_ARM64, "amd64 build")  # arm64 register layout differs
+        check_abi(lib, ARM64, "amd64 build")  # arm64 register layout differs
 
 
 def test_unreadable_memory_gives_an_error_frame_not_a_crash() -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import REPO_ROOT
+from harness.cases.case_file import load_case
+from harness.cases.store import store_for
 from harness.cli import main
-from harness.replay import open_case, store_for, unwind_process
-from harness.testcase import load_case
+from harness.paths import REPO_ROOT
+from harness.replay import open_case, unwind_process
 
 CASE = REPO_ROOT / "testdata" / "amd64" / "chain.O2.nofp.json"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.cases.case_file import load_case
 from harness.replay import replay_case
-from harness.testcase import load_case
 
 
 def test_case(case_path: Path) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import REPO_ROOT
+from harness.cases.case_file import load_case
 from harness.cli import main
-from harness.gdb_oracle import gdb_available
+from harness.paths import REPO_ROOT
+from harness.record.gdb_oracle import gdb_available
 from harness.replay import replay_case
-from harness.testcase import load_case
 
 CASE = REPO_ROOT / "testdata" / "amd64" / "chain.O0.fp.json"
 

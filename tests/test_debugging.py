@@ -21,13 +21,15 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from harness.bpf_abi import ARCH_AMD64, ARCH_ARM64
-from harness.build import BPF_SRC, REPO_ROOT, build_unwinder
+from harness.arch import AMD64, ARM64, host_arch
+from harness.bpf.build import build_unwinder
+from harness.cases.store import store_for
 from harness.cli import build_parser
-from harness.debugging import debug_argv, find_gdb, host_arch, replay_for_debugging
+from harness.debug.unwinder import debug_argv, replay_for_debugging
 from harness.errors import HarnessError
-from harness.gdb_oracle import gdb_available
-from harness.replay import open_case, store_for
+from harness.paths import BPF_SRC, REPO_ROOT
+from harness.record.gdb_oracle import find_gdb, gdb_available
+from harness.replay import open_case
 from tests.casefiles import bundled_case
 
 CASES = REPO_ROOT / "testdata" / "amd64"
@@ -64,8 +66,8 @@ def _coredump(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 
 def test_debug_build_is_unoptimised_not_inlined_and_cached_apart() -> None:
-    release = build_unwinder(ARCH_AMD64, debug=False)
-    debug = build_unwinder(ARCH_AMD64, debug=True)
+    release = build_unwinder(AMD64, debug=False)
+    debug = build_unwinder(AMD64, debug=True)
     assert release != debug and release.parent != debug.parent
     assert "-O0" in _producer(debug).split() and "-g3" in _producer(debug).split()
     assert "-O2" in _producer(release).split()
@@ -94,7 +96,7 @@ def test_gdb_arguments_after_double_dash_reach_gdb_before_the_program() -> None:
     argv = debug_argv("x.json", 7, args.gdb_args)
     split = argv.index("--args")
     assert argv[split - 3:split] == ["-batch", "-ex", "info locals"]
-    assert argv[split + 1:] == [sys.executable, "-m", "harness.debug_target",
+    assert argv[split + 1:] == [sys.executable, "-m", "harness.debug.target",
                                 str(Path("x.json").resolve()), "--lwp", "7"]
     assert argv[argv.index("run") - 1] == "-ex" and argv.index("run") < split
     assert "run" not in debug_argv("x.json", None, run=False)
@@ -104,7 +106,7 @@ def test_a_core_of_another_architecture_needs_gdb_multiarch() -> None:
     host = host_arch()
     if host is None:
         pytest.skip(f"no harness architecture for this host ({platform.machine()})")
-    other = ARCH_ARM64 if host == ARCH_AMD64 else ARCH_AMD64
+    other = ARM64 if host == AMD64 else AMD64
     try:
         assert Path(find_gdb(other)).name == "gdb-multiarch"
     except HarnessError as e:

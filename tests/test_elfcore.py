@@ -1,4 +1,4 @@
-"""Tests for harness.elfcore.
+"""Tests for harness.core.elfcore.
 
 Most tests use real cores made on the fly: a tiny C program that publishes the addresses of
 a known byte pattern (a global) and a known marker (a local in a live frame), dumped by
@@ -27,9 +27,9 @@ try:
 except ImportError:  # plain `pytest` does not put the project root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.elfcore import (  # noqa: E402
-    ARCH_AMD64,
-    ARCH_ARM64,
+from harness.core.elfcore import (  # noqa: E402
+    AMD64,
+    ARM64,
     CoreFile,
     FileMapping,
     ProcessInfo,
@@ -186,7 +186,7 @@ def _elf_entry_and_phoff(path: Path) -> tuple[int, int]:
 
 def _check_common(core: CoreFile, live: LiveCore) -> None:
     """Facts every core of the test program must show, whoever wrote it."""
-    assert core.machine == ARCH_AMD64
+    assert core.machine == AMD64
     assert core.read(live.pattern_addr, len(PATTERN)) == PATTERN
     assert core.read(live.marker_addr, 8) == MARKER
     assert core.process is not None
@@ -441,7 +441,7 @@ def _arm64_core() -> bytes:
 
 def test_synthetic_arm64(tmp_path: Path) -> None:
     with CoreFile(_write(tmp_path, _arm64_core())) as core:
-        assert core.machine == ARCH_ARM64
+        assert core.machine == ARM64
         first, second = core.threads
         assert first.lwp == 4242 and first.signal == 11
         assert first.regs == {

@@ -1,4 +1,4 @@
-"""End-to-end tests of harness.gdb_oracle on real processes.
+"""End-to-end tests of harness.record.gdb_oracle on real processes.
 
 Each test builds a program from testsources/, lets it reach its frozen state, snapshots it
 with gcore, kills it and asks gdb_backtraces for the stacks.  The sysroot is built from
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from harness.gdb_oracle import (  # noqa: E402
+from harness.record.gdb_oracle import (  # noqa: E402
     GdbThread,
     gdb_available,
     gdb_backtraces,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.gdb_oracle import gdb_available
-from harness.record import gdb_for, verify_case
-from harness.testcase import load_case
+from harness.cases.case_file import load_case
+from harness.record.gdb_oracle import gdb_available, gdb_for
+from harness.record.verify import verify_case
 
 pytestmark = pytest.mark.gdb
 

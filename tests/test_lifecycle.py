@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import lifecycle
-from harness.build import REPO_ROOT
+from harness.cases import lifecycle
+from harness.cases.case_file import load_case
+from harness.cases.store import BlobStore
 from harness.cli import main
 from harness.errors import HarnessError
+from harness.paths import REPO_ROOT
 from harness.replay import replay_case
-from harness.store import BlobStore
-from harness.testcase import load_case
 from tests.s3server import S3Remote, s3_endpoint, s3_remote  # noqa: F401 (fixtures)
 
 TESTDATA = REPO_ROOT / "testdata"

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from harness.agent import address_prefixes
+from harness.bpf.agent import address_prefixes
 from harness.helpers.maps import (
     BPF_EXIST,
     BPF_NOEXIST,

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import memory_modules
-from harness.build import REPO_ROOT, cache_root
-from harness.elfcore import CoreFile
+from harness.cases.case_file import NO_MODULE_BUNDLING, load_case
+from harness.cases.store import store_for
+from harness.core import memory_modules
+from harness.core.elfcore import CoreFile
 from harness.errors import CaseError
-from harness.replay import replay_case, store_for
-from harness.testcase import load_case
+from harness.paths import REPO_ROOT, cache_root
+from harness.replay import replay_case
 from harness.unwind_data import load_unwind_data
 
 CASES = REPO_ROOT / "testdata" / "amd64"
@@ -34,8 +35,8 @@ def _rebuilt(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 def test_case_records_no_modules() -> None:
     case = load_case(NOBUNDLE)
-    assert case.modules == [] and memory_modules.enabled(case)
-    assert not memory_modules.enabled(load_case(BUNDLED))
+    assert case.modules == [] and case.no_module_bundling
+    assert not load_case(BUNDLED).no_module_bundling
 
 
 def test_replays_to_the_frames_of_the_bundled_recording() -> None:
@@ -105,7 +106,7 @@ def test_core_without_file_pages_is_refused(tmp_path: Path) -> None:
 
 def test_bad_field_value(tmp_path: Path) -> None:
     doc = json.loads(NOBUNDLE.read_text())
-    doc[memory_modules.FIELD] = "yes"
+    doc[NO_MODULE_BUNDLING] = "yes"
     bad = tmp_path / "amd64" / "bad.json"
     bad.parent.mkdir()
     bad.write_text(json.dumps(doc))

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import lifecycle, memory_modules
-from harness.build import REPO_ROOT
+from harness.cases import lifecycle
+from harness.cases.case_file import NO_MODULE_BUNDLING, load_case
+from harness.cases.store import store_for
 from harness.cli import main
-from harness.gdb_oracle import gdb_available
-from harness.replay import replay_case, store_for
-from harness.sysroot import resolve_in_sysroot
-from harness.testcase import load_case
+from harness.core.sysroot import resolve_in_sysroot
+from harness.paths import REPO_ROOT
+from harness.record.gdb_oracle import gdb_available
+from harness.replay import replay_case
 
 CASE = REPO_ROOT / "testdata" / "amd64" / "chain.O2.nofp.json"
 BUILD = REPO_ROOT / "testsources" / "build" / "amd64"
@@ -77,7 +78,7 @@ def test_no_module_bundling_from_pid(tmp_path: Path, chain_process: subprocess.P
 
     path = testdata / "amd64" / "nb.json"
     doc = json.loads(path.read_text())
-    assert doc["modules"] == [] and doc[memory_modules.FIELD] is True
+    assert doc["modules"] == [] and doc[NO_MODULE_BUNDLING] is True
     case = load_case(path)
     assert [p.name for p in (testdata / "blobs").iterdir()] == [f"{case.coredump_ref}.zst"]
     result = replay_case(path)
@@ -89,7 +90,7 @@ def test_no_module_bundling_from_pid(tmp_path: Path, chain_process: subprocess.P
     assert main(["new", "-core", str(core), "-name", "bundled", "-testdata", str(testdata),
                  "-no-gdb-check"]) == 0
     bundled = load_case(testdata / "amd64" / "bundled.json")
-    assert len(bundled.modules) == 3 and not memory_modules.enabled(bundled)
+    assert len(bundled.modules) == 3 and not bundled.no_module_bundling
     assert [t.frames for t in bundled.threads] == [t.frames for t in case.threads]
 
 
@@ -231,7 +232,7 @@ def test_pid_already_traced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_ptrace_refusals_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks for non-root users and Yama, on real /proc entries (this machine runs the
     suite as root without Yama, so the caller's uid and the Yama setting are substituted)."""
-    from harness import procfs
+    from harness.record import gcore as procfs
 
     monkeypatch.setattr(procfs.os, "geteuid", lambda: 65534)
     init = procfs.attach_problem(1)

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from harness import lifecycle
-from harness.build import REPO_ROOT
+from harness.cases import lifecycle
+from harness.cases.case_file import load_case
+from harness.cases.remote import FsspecRemote, RemoteError, configured_remote, remote_config
+from harness.cases.store import BlobStore
 from harness.errors import StoreError
-from harness.remote import FsspecRemote, RemoteError, configured_remote, remote_config
+from harness.paths import REPO_ROOT
 from harness.replay import replay_case
-from harness.store import BlobStore
-from harness.testcase import load_case
 from tests.s3server import S3Remote, s3_endpoint, s3_remote  # noqa: F401 (fixtures)
 
 CASE = REPO_ROOT / "testdata" / "amd64" / "chain.O2.fp.json"

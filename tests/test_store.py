@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from harness.cases.store import BlobStore
 from harness.errors import StoreError
-from harness.store import BlobStore
 
 
 @pytest.fixture

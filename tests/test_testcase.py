@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.cases.case_file import load_case
 from harness.errors import CaseError
-from harness.testcase import load_case
 
 REF = "ab" * 32
 

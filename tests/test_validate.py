@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from harness import agent
-from harness.build import REPO_ROOT, cache_root
+from harness.bpf import agent
+from harness.cases.case_file import load_case
+from harness.cases.store import store_for
+from harness.check.case_check import MATCH, MISMATCH, ThreadCheck, validate_case
+from harness.check.delta_check import validate_module
+from harness.check.sites import BODY, EPILOGUE, PROLOGUE, RETURN, top_frame_sites
 from harness.cli import main
-from harness.replay import open_case, store_for
-from harness.sites import BODY, EPILOGUE, PROLOGUE, RETURN, top_frame_sites
-from harness.testcase import load_case
+from harness.paths import REPO_ROOT, cache_root
+from harness.replay import open_case
 from harness.unwind_data import ModuleUnwindData, load_unwind_data
-from harness.validate import MATCH, MISMATCH, ThreadCheck, validate_case, validate_module
 
 ARM64 = REPO_ROOT / "testdata" / "arm64"
 AMD64 = REPO_ROOT / "testdata" / "amd64"
@@ -113,12 +115,12 @@ def test_corrupted_delta_is_caught_by_both_checks(corrupted_case: Path,
 
     # Case check: the C unwinder reads the corrupted delta (fresh packed tables,
     # so nothing cached from the clean data is used) and the CPU disagrees.
-    real_load = agent.load_unwind_data
+    real_load = agent.module_unwind_data
 
     def load(local_path: str | Path, content_id: str | None, cache_dir: object) -> object:
         return corrupted if content_id == ref else real_load(local_path, content_id, cache_dir)
 
-    monkeypatch.setattr(agent, "load_unwind_data", load)
+    monkeypatch.setattr(agent, "module_unwind_data", load)
     monkeypatch.setattr(agent, "_TABLES", {})
     check = validate_case(case_path)
     verdicts = {t.lwp: t for t in check.threads}

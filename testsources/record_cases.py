@@ -26,8 +26,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.qemu_record import record_under_qemu  # noqa: E402
-from harness.record import record_case  # noqa: E402
+from harness.record.new import record_case  # noqa: E402
+from harness.record.qemu import record_under_qemu  # noqa: E402
 
 BUILD = HERE / "build" / "amd64"
 BUILD_ARM64 = HERE / "build" / "arm64"

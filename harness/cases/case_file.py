@@ -1,0 +1,164 @@
+"""Test-case JSON files, in the reference tool's shape.
+
+```json
+{"coredump-ref": "<sha256>", "threads": [{"lwp": 1, "frames": ["libc.so.6+0x..."]}],
+ "modules": [{"ref": "<sha256>", "local-path": "/usr/lib/..."}],
+ "skip": "reason", "fault-addresses": ["0x..."]}
+```
+Besides those, `gdb-differences` explains an accepted difference from gdb and
+`no-module-bundling` says the modules are rebuilt from the core's memory. Fields
+this code does not know are kept and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..arch import ARCH_NAMES
+from ..errors import CaseError
+from ..files import atomic_file
+from .blobs import BLOB_ID
+
+NO_MODULE_BUNDLING = "no-module-bundling"
+KNOWN_KEYS = ("coredump-ref", "threads", "modules", "skip", "fault-addresses",
+              "gdb-differences", NO_MODULE_BUNDLING)
+
+
+@dataclass
+class ThreadFrames:
+    lwp: int
+    frames: list[str]
+
+
+@dataclass
+class ModuleRef:
+    ref: str
+    local_path: str
+
+
+@dataclass
+class TestCase:
+    coredump_ref: str
+    threads: list[ThreadFrames]
+    modules: list[ModuleRef]
+    skip: str | None = None
+    fault_addresses: list[int] = field(default_factory=list)
+    # Why this case's frames legitimately differ from gdb's, if they do.
+    gdb_differences: str | None = None
+    # No module is bundled: replay rebuilds them from the core's memory
+    # (harness/core/memory_modules.py). Explicit, so that an empty module list is
+    # never ambiguous ("nothing needed" or "read them from the core").
+    no_module_bundling: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    __test__ = False  # not a pytest class
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path else "<unsaved>"
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "coredump-ref": self.coredump_ref,
+            "threads": [{"lwp": t.lwp, "frames": list(t.frames)} for t in self.threads],
+            "modules": [{"ref": m.ref, "local-path": m.local_path} for m in self.modules],
+        }
+        if self.skip:
+            doc["skip"] = self.skip
+        if self.fault_addresses:
+            doc["fault-addresses"] = [f"{a:#x}" for a in self.fault_addresses]
+        if self.gdb_differences:
+            doc["gdb-differences"] = self.gdb_differences
+        if self.no_module_bundling:
+            doc[NO_MODULE_BUNDLING] = True
+        doc.update(self.extra)
+        return doc
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write atomically (an interrupted rebase never leaves half a file)."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise CaseError("no path to save the case to")
+        text = json.dumps(self.to_json(), indent=2) + "\n"
+        with atomic_file(target) as out:
+            out.write(text.encode())
+        self.path = target
+        return target
+
+
+def _require(cond: bool, path: Path, what: str) -> None:
+    if not cond:
+        raise CaseError(f"{path}: {what}")
+
+
+def _blob_ref(value: Any, path: Path, where: str) -> str:
+    _require(isinstance(value, str) and bool(BLOB_ID.match(value)), path,
+             f"{where} must be a sha256 blob id (64 lowercase hex digits), got {value!r}")
+    return str(value)
+
+
+def parse_case(doc: Any, path: Path) -> TestCase:
+    _require(isinstance(doc, dict), path, "the top level must be a JSON object")
+    core_ref = _blob_ref(doc.get("coredump-ref"), path, '"coredump-ref"')
+
+    threads_doc = doc.get("threads")
+    _require(isinstance(threads_doc, list), path, '"threads" must be a list')
+    threads = []
+    for i, t in enumerate(threads_doc):
+        _require(isinstance(t, dict) and isinstance(t.get("lwp"), int), path,
+                 f"threads[{i}] must be an object with an integer \"lwp\"")
+        frames = t.get("frames")
+        _require(isinstance(frames, list) and all(isinstance(f, str) for f in frames), path,
+                 f"threads[{i}].frames must be a list of strings")
+        threads.append(ThreadFrames(t["lwp"], list(frames)))
+
+    modules_doc = doc.get("modules", [])
+    _require(isinstance(modules_doc, list), path, '"modules" must be a list')
+    modules = []
+    for i, m in enumerate(modules_doc):
+        _require(isinstance(m, dict) and isinstance(m.get("local-path"), str), path,
+                 f"modules[{i}] must be an object with a string \"local-path\"")
+        modules.append(ModuleRef(_blob_ref(m.get("ref"), path, f"modules[{i}].ref"),
+                                 m["local-path"]))
+
+    skip = doc.get("skip")
+    _require(skip is None or isinstance(skip, str), path, '"skip" must be a string')
+    faults = []
+    for a in doc.get("fault-addresses", []):
+        try:
+            faults.append(int(a, 0) if isinstance(a, str) else int(a))
+        except (TypeError, ValueError):
+            raise CaseError(f"{path}: fault address {a!r} is not a number") from None
+    gdb_diff = doc.get("gdb-differences")
+    _require(gdb_diff is None or isinstance(gdb_diff, str), path,
+             '"gdb-differences" must be a string')
+    no_bundling = doc.get(NO_MODULE_BUNDLING, False)
+    _require(isinstance(no_bundling, bool), path,
+             f'"{NO_MODULE_BUNDLING}" must be true or false, got {no_bundling!r}')
+    extra = {k: v for k, v in doc.items() if k not in KNOWN_KEYS}
+    return TestCase(core_ref, threads, modules, skip or None, faults, gdb_diff, no_bundling,
+                    extra, path)
+
+
+def load_case(path: str | os.PathLike[str]) -> TestCase:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise CaseError(f"cannot read test case {p}: {e.strerror}") from e
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CaseError(f"{p}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    return parse_case(doc, p)
+
+
+def find_cases(root: str | os.PathLike[str]) -> list[Path]:
+    """All case files under testdata/<arch>/, sorted."""
+    base = Path(root)
+    return sorted(p for p in base.glob("*/*.json") if p.parent.name in ARCH_NAMES)

@@ -1,0 +1,128 @@
+"""Content-addressed blob store for cores and modules.
+
+Blobs are identified by the sha256 of their uncompressed bytes and kept
+zstd-compressed in the repository (`testdata/blobs/<id>.zst`) so the bundled
+cases replay offline. Readers get an uncompressed copy in the git-ignored
+cache, extracted once, verified against its id, and renamed into place so
+parallel pytest workers and interrupted runs never see a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..errors import StoreError
+from ..files import TEMP_SUFFIX, atomic_file, sha256_file
+from ..paths import BLOBS, cache_root
+from .blobs import BLOB_ID, SUFFIX, check_id, compress_file, verify_blob
+from .case_file import TestCase
+from .remote import configured_remote
+
+# Called with (blob id, destination path) to fetch a blob the store lacks
+# (a remote store); returns True if it wrote the compressed blob there.
+Fetcher = Callable[[str, Path], bool]
+
+
+def _no_remote(_blob_id: str, _dest: Path) -> bool:
+    return False
+
+
+# Pass as fetcher to use the local blobs only, whatever remote is configured.
+OFFLINE: Fetcher = _no_remote
+
+
+def _configured_fetcher() -> Fetcher | None:
+    """The configured remote's fetch, if any (read on a miss only)."""
+    remote = configured_remote()
+    return remote.fetch if remote is not None else None
+
+
+class BlobStore:
+    """Compressed blobs under `root`, uncompressed copies under `cache`.
+
+    A blob missing from `root` is fetched with `fetcher`, by default from the
+    configured remote store (harness.remote), into the cache, and used only if
+    its content hashes to its id.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None,
+                 cache: str | os.PathLike[str] | None = None,
+                 fetcher: Fetcher | None = None) -> None:
+        self.root = Path(root) if root is not None else BLOBS
+        self.cache = Path(cache) if cache is not None else cache_root() / "blobs"
+        self.fetcher = fetcher
+
+    def blob_path(self, blob_id: str) -> Path:
+        return self.root / f"{check_id(blob_id)}{SUFFIX}"
+
+    def has(self, blob_id: str) -> bool:
+        return self.blob_path(blob_id).exists()
+
+    def ids(self) -> Iterator[str]:
+        for path in sorted(self.root.glob(f"*{SUFFIX}")):
+            if BLOB_ID.match(path.stem):
+                yield path.stem
+
+    def put_file(self, path: str | os.PathLike[str]) -> str:
+        """Add a file; returns its id. Adding a blob that exists is a no-op."""
+        blob_id = sha256_file(path)
+        dest = self.blob_path(blob_id)
+        if dest.exists():
+            return blob_id
+        with atomic_file(dest) as out:
+            compress_file(Path(path), out)
+        return blob_id
+
+    def local_path(self, blob_id: str) -> Path:
+        """An uncompressed, verified copy of the blob (extracted on first use)."""
+        dest = self.cache / check_id(blob_id)
+        if dest.exists():
+            return dest
+        src = self.blob_path(blob_id)
+        if src.exists():
+            self._extract(blob_id, src, dest)
+        else:
+            self._fetch(blob_id, dest)
+        return dest
+
+    def _fetch(self, blob_id: str, dest: Path) -> None:
+        """Download the compressed blob beside the cache, verify it, extract it."""
+        fetcher = self.fetcher if self.fetcher is not None else _configured_fetcher()
+        if fetcher is None:
+            raise StoreError(
+                f"blob {blob_id} is neither in {self.root} nor in a remote store (none is "
+                "configured: set COREDUMP_REMOTE or [tool.coredump] remote in pyproject.toml); "
+                "was the case added without committing or uploading its blobs?")
+        label = getattr(fetcher, "__self__", "the remote store")
+        # The download is a temporary file that never becomes a blob: only its
+        # verified content does (in dest).
+        self.cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.cache, prefix=f".{blob_id}{SUFFIX}.",
+                                         suffix=TEMP_SUFFIX) as download:
+            tmp = Path(download.name)
+            if not fetcher(blob_id, tmp):
+                raise StoreError(f"blob {blob_id} is neither in {self.root} nor in {label}; "
+                                 "was the case added without uploading its blobs?")
+            try:
+                self._extract(blob_id, tmp, dest)
+            except StoreError as e:
+                raise StoreError(f"blob {blob_id} downloaded from {label} was rejected and "
+                                 f"not used: {e}") from e
+
+    def _extract(self, blob_id: str, src: Path, dest: Path) -> None:
+        # 0o444: derived from an immutable input, never edited in place
+        with atomic_file(dest, 0o444) as out:
+            verify_blob(src, blob_id, out)
+
+    def size(self, blob_id: str) -> int:
+        return self.blob_path(blob_id).stat().st_size
+
+
+def store_for(case: TestCase) -> BlobStore:
+    """The store beside a case file (testdata/<arch>/x.json -> testdata/blobs)."""
+    if case.path is not None:
+        return BlobStore(case.path.resolve().parent.parent / "blobs")
+    return BlobStore()

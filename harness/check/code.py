@@ -1,0 +1,229 @@
+"""The code model of a module, for the instruction-level tools: bytes by virtual
+address, sections, function symbols and function bounds.
+
+Site classification and the stack-delta check both need to know where a
+function starts and ends. The unwinder's rules come per FDE, so FDE ranges
+(.eh_frame, then .debug_frame) are the primary bounds; function symbols
+(.symtab, else .dynsym) give them names and cover code without CFI.
+
+The FDE ranges come with the module's unwind data (harness/unwind_data.py),
+which is cached per content hash and shared with the agent that filled the
+maps for the same module: the CFI is parsed in one place only, and a module of
+an open process is not mapped a second time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+
+from ..arch import arch_of_machine
+from ..core import elf
+from ..core.elf import SHF_EXECINSTR, SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, Ehdr, Shdr, Sym
+from ..core.module import Module
+from ..errors import HarnessError
+from ..files import sha256_file
+from ..paths import cache_root
+from ..unwind_data import module_unwind_data
+
+_FUNCTION_KINDS = (elf.STT_FUNC, elf.STT_GNU_IFUNC)
+_BIND_RANK = {elf.STB_GLOBAL: 0, elf.STB_WEAK: 1}  # then local
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    addr: int
+    size: int
+    entsize: int
+    flags: int
+    nobits: bool
+
+
+@dataclass(frozen=True)
+class Function:
+    """[start, end) in ELF virtual addresses; source is "fde" or "symbol"."""
+
+    start: int
+    end: int
+    name: str
+    source: str
+
+    def label(self, vaddr: int) -> str:
+        return f"{self.name}+{vaddr - self.start:#x}"
+
+
+class ElfCode:
+    """Read-only view of a module's code: bytes by virtual address, sections,
+    symbols and function bounds. Wraps an open Module; does not close it."""
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        self.path = module.local_path
+        arch = arch_of_machine(module.machine)
+        if arch is None:
+            raise HarnessError(f"{self.path}: unsupported machine {module.machine} "
+                               "(only x86_64 and aarch64)")
+        self.arch = arch.name
+        head = self._raw(0, elf.EHDR_SIZE)
+        assert head is not None  # Module checked the ELF header
+        self._raw_sections = self._section_headers(Ehdr.parse(head))
+        self.sections = self._sections()
+        self.symbols = self._function_symbols()
+        self.functions = self._functions()
+        self._starts = [f.start for f in self.functions]
+
+    # -------------------------------------------------------------- raw access
+
+    def _raw(self, offset: int, size: int) -> bytes | None:
+        return self.module.read(offset, size)
+
+    def read(self, vaddr: int, size: int) -> bytes | None:
+        """File-backed bytes at an ELF virtual address (None outside PT_LOADs)."""
+        return self.module.read_vaddr(vaddr, size)
+
+    def code_bytes(self, start: int, end: int) -> bytes:
+        """As many bytes of [start, end) as the file holds, from start on."""
+        seg = self.module.segment_at(start)
+        if seg is None:
+            return b""
+        stop = min(end, seg.vaddr + seg.filesz)
+        return self._raw(seg.offset + start - seg.vaddr, stop - start) or b""
+
+    # ---------------------------------------------------------------- sections
+
+    def _section_headers(self, ehdr: Ehdr) -> list[Shdr]:
+        if not ehdr.shoff or ehdr.shentsize != elf.SHDR_SIZE or not ehdr.shnum:
+            return []  # stripped of section headers: segments only
+        headers = []
+        for i in range(ehdr.shnum):
+            data = self._raw(ehdr.shoff + i * elf.SHDR_SIZE, elf.SHDR_SIZE)
+            if data is None:
+                return []
+            headers.append(Shdr.parse(data))
+        self._shstrndx = ehdr.shstrndx
+        return headers
+
+    def _sections(self) -> list[Section]:
+        if not self._raw_sections:
+            return []
+        strtab = self._raw_sections[self._shstrndx] \
+            if self._shstrndx < len(self._raw_sections) else None
+        names = (self._raw(strtab.offset, strtab.size) or b"") if strtab else b""
+        return [Section(elf.cstring(names, sh.name) if sh.name < len(names) else "", sh.addr,
+                        sh.size, sh.entsize, sh.flags, sh.type == SHT_NOBITS)
+                for sh in self._raw_sections]
+
+    def section(self, name: str) -> Section | None:
+        for s in self.sections:
+            if s.name == name:
+                return s
+        return None
+
+    def section_at(self, vaddr: int) -> Section | None:
+        for s in self.sections:
+            if s.addr and s.addr <= vaddr < s.addr + s.size and s.flags & SHF_EXECINSTR:
+                return s
+        return None
+
+    def _section_data(self, index: int) -> bytes | None:
+        sh = self._raw_sections[index]
+        return None if sh.type == SHT_NOBITS else self._raw(sh.offset, sh.size)
+
+    # ----------------------------------------------------------------- symbols
+
+    def _function_symbols(self) -> dict[int, tuple[str, int]]:
+        """{address: (name, size)}: one name per address, .symtab before .dynsym,
+        global before weak before local, then the shortest name."""
+        best: dict[int, tuple[tuple[int, int, int, str], str, int]] = {}
+        for table_rank, wanted in enumerate((SHT_SYMTAB, SHT_DYNSYM)):
+            for index, sec in enumerate(self._raw_sections):
+                if sec.type != wanted:
+                    continue
+                data = self._section_data(index)
+                names = self._section_data(sec.link) \
+                    if sec.link < len(self._raw_sections) else None
+                if not data or names is None:
+                    continue
+                for pos in range(0, len(data) - elf.SYM_SIZE + 1, elf.SYM_SIZE):
+                    sym = Sym.parse(data, pos)
+                    if sym.kind not in _FUNCTION_KINDS or not sym.value or not sym.shndx:
+                        continue
+                    name = elf.cstring(names, sym.name)
+                    key = (table_rank, _BIND_RANK.get(sym.bind, 2), len(name), name)
+                    if sym.value not in best or key < best[sym.value][0]:
+                        best[sym.value] = (key, name, sym.size)
+        return {addr: (name, size) for addr, (_, name, size) in best.items()}
+
+    # ------------------------------------------------------------------- FDEs
+
+    def _fde_ranges(self) -> list[tuple[int, int]]:
+        module = self.module
+        return module_unwind_data(module.local_path, module.content_id,
+                                  cache_root()).fde_ranges
+
+    def _functions(self) -> list[Function]:
+        claimed: list[tuple[int, int]] = []
+        functions: list[Function] = []
+        for start, end in self._fde_ranges():  # over code only; tombstones are dropped
+            if _overlaps(claimed, start, end):
+                continue  # first FDE wins, as in unwind_data
+            bisect.insort(claimed, (start, end))
+            name = self.symbols.get(start, (f"fde@{start:#x}", 0))[0]
+            functions.append(Function(start, end, name, "fde"))
+        for start, (name, size) in self.symbols.items():
+            if size and not _overlaps(claimed, start, start + size):
+                bisect.insort(claimed, (start, start + size))
+                functions.append(Function(start, start + size, name, "symbol"))
+        functions.sort(key=lambda f: f.start)
+        return functions
+
+    def function_at(self, vaddr: int) -> Function | None:
+        i = bisect.bisect_right(self._starts, vaddr) - 1
+        if i >= 0 and vaddr < self.functions[i].end:
+            return self.functions[i]
+        return None
+
+    def find_function(self, name_or_addr: str) -> Function:
+        """A function by symbol name, fde@0x... label, or hex address inside it."""
+        for f in self.functions:
+            if f.name == name_or_addr:
+                return f
+        try:
+            addr = int(name_or_addr, 16)
+        except ValueError:
+            addr = None
+        if addr is not None:
+            found = self.function_at(addr)
+            if found is not None:
+                return found
+        raise HarnessError(f"{self.path}: no function named {name_or_addr!r} "
+                           "(give a symbol name or a hex address)")
+
+
+def _overlaps(claimed: list[tuple[int, int]], start: int, end: int) -> bool:
+    i = bisect.bisect_left(claimed, (start, start))
+    if i < len(claimed) and claimed[i][0] < end:
+        return True
+    return i > 0 and claimed[i - 1][1] > start
+
+
+class CodeModels:
+    """The code model of each module of one open process, built on first use from
+    the process's own Module objects (valid while the process is open)."""
+
+    def __init__(self) -> None:
+        self._by_content: dict[str, ElfCode] = {}
+
+    def of(self, module: Module) -> ElfCode:
+        code = self._by_content.get(module.content_id)
+        if code is None:
+            code = self._by_content[module.content_id] = ElfCode(module)
+        return code
+
+
+def open_code(path: str | os.PathLike[str], content_id: str | None = None) -> ElfCode:
+    """The code model of an ELF file on its own (validate-deltas); close its module
+    when done (`code.module.close()`)."""
+    return ElfCode(Module(os.fspath(path), path, content_id or sha256_file(path)))

@@ -1,0 +1,96 @@
+"""`coredump new`, `verify` and `record-qemu`: recording cases and checking them
+against gdb."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..cases.case_file import TestCase, load_case
+from ..record.new import record_case
+from ..record.qemu import DEFAULT_SYSROOT, SITES, record_under_qemu
+from ..record.verify import verify_case
+from .common import Subparsers, case_paths, flag, stderr, testdata_flag
+
+
+def _summary(case: TestCase, bundled: str, started: float | None = None) -> str:
+    frames = sum(len(t.frames) for t in case.threads)
+    took = f", {time.perf_counter() - started:.1f} s" if started is not None else ""
+    return f"wrote {case.path}: {len(case.threads)} threads, {frames} frames, {bundled}{took}"
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    case = record_case(
+        args.name, core=args.core, pid=args.pid, sysroot=args.sysroot,
+        executable=args.executable, gdb_differences=args.gdb_differences,
+        check_gdb=not args.no_gdb_check, force=args.force, progress=stderr,
+        testdata=Path(args.testdata), bundle_modules=not args.no_module_bundling,
+    )
+    bundled = ("modules read from the core" if args.no_module_bundling
+               else f"{len(case.modules)} modules bundled")
+    print(_summary(case, bundled))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    failures = 0
+    for path in case_paths(args.cases):
+        case = load_case(path)
+        comparison = verify_case(case)
+        if not comparison.problems:
+            print(f"{path}: matches gdb")
+        elif case.gdb_differences:
+            print(f"{path}: differs from gdb, explained: {case.gdb_differences}")
+        else:
+            failures += 1
+            print(f"{path}: DIFFERS from gdb:\n  " + "\n  ".join(comparison.problems))
+    return 1 if failures else 0
+
+
+def cmd_record_qemu(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    case = record_under_qemu(args.name, args.program, sysroot=args.sysroot, site_spec=args.site,
+                             testdata=Path(args.testdata), force=args.force,
+                             gdb_differences=args.gdb_differences)
+    print(_summary(case, f"{len(case.modules)} modules", started))
+    return 0
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser("new", help="record a case from a running process or a core file")
+    flag(p, "name", required=True, help="case name (testdata/<arch>/<name>.json)")
+    flag(p, "pid", type=int, help="snapshot this running process with gcore")
+    flag(p, "core", help="import this core file")
+    flag(p, "sysroot", action="append",
+         help="find the mapped files under this directory, symbolic links resolved inside "
+              "it (repeatable: searched in order; default /)")
+    flag(p, "executable", help="the executable's file, for a core without a file list "
+         "whose executable is not under -sysroot (qemu-user runs it from the host)")
+    flag(p, "no-module-bundling", dest="no_module_bundling", action="store_true",
+         help="bundle no module; replay rebuilds them from the core's memory (needs a "
+              "core with file pages: coredump_filter 0x3f, set by -pid itself)")
+    flag(p, "gdb-differences", dest="gdb_differences",
+         help="record even though gdb disagrees, with this explanation")
+    flag(p, "no-gdb-check", dest="no_gdb_check", action="store_true",
+         help="skip the gdb comparison")
+    flag(p, "force", action="store_true", help="overwrite an existing case")
+    testdata_flag(p, "testdata directory to write to (default: the repository's)")
+    p.set_defaults(func=cmd_new)
+
+    p = sub.add_parser("verify", help="compare cases with gdb's backtraces")
+    p.add_argument("cases", nargs="*", help="case files (default: all)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("record-qemu", help="record an arm64 case by running a program under "
+                       "qemu-user (optionally stopped at an exact instruction)")
+    flag(p, "name", required=True, help="case name (testdata/arm64/<name>.json)")
+    flag(p, "site", help="stop at FUNCTION:SITE (" + ", ".join(SITES) + ") or FUNCTION+OFFSET; "
+         "without it the program is frozen once it prints `ready`")
+    flag(p, "sysroot", default=DEFAULT_SYSROOT, help="guest sysroot (qemu -L)")
+    testdata_flag(p, "testdata directory to write to")
+    flag(p, "gdb-differences", dest="gdb_differences",
+         help="record even though gdb-multiarch disagrees, with this explanation")
+    flag(p, "force", action="store_true", help="overwrite an existing case")
+    p.add_argument("program", nargs="+", help="the aarch64 program and its arguments")
+    p.set_defaults(func=cmd_record_qemu)

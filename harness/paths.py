@@ -1,0 +1,50 @@
+"""Where things are: the repository and its parts, the cache of derived data, and the
+project's settings (`[tool.coredump]` in pyproject.toml).
+
+Every module that needs a path or a setting asks here, so moving the cache
+(`COREDUMP_CACHE`) or the test data is one change, and no module has to import a
+compiler or a store just to learn where the repository is.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BPF_SRC = REPO_ROOT / "bpf_src"
+TESTDATA = REPO_ROOT / "testdata"
+BLOBS = TESTDATA / "blobs"
+PYPROJECT = REPO_ROOT / "pyproject.toml"
+
+CACHE_ENV = "COREDUMP_CACHE"
+DEBUG_BUILD_ENV = "COREDUMP_DEBUG_BUILD"
+
+
+def cache_root() -> Path:
+    """Git-ignored directory for everything derived (builds, blobs, unwind data)."""
+    return Path(os.environ.get(CACHE_ENV, REPO_ROOT / ".cache"))
+
+
+def debug_build_requested() -> bool:
+    """Whether the unwinder should be the unoptimised build (`coredump debug`, gdb)."""
+    return os.environ.get(DEBUG_BUILD_ENV, "") not in ("", "0")
+
+
+def tool_config(pyproject: Path = PYPROJECT) -> dict[str, Any]:
+    """The `[tool.coredump]` table of pyproject.toml ({} if the file or table is absent)."""
+    try:
+        with open(pyproject, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{pyproject}: {e}") from e
+    tool = doc.get("tool", {}).get("coredump", {})
+    if not isinstance(tool, dict):
+        raise ConfigError(f"{pyproject}: [tool.coredump] must be a table")
+    return tool

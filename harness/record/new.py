@@ -1,0 +1,167 @@
+"""Recording a case (`coredump new`): from a core or a running process to
+testdata/<arch>/<name>.json and its blobs.
+
+A case bundles the core, the executable, the dynamic linker and every module
+the unwinder touched (for unwind data or memory), as the reference tool does:
+enough to replay anywhere, no more. Before a case is written, its frames are
+compared with gdb's backtrace of the same core and the same module files
+(verify.py), and the bundled subset is replayed to prove it is enough.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cases.case_file import ModuleRef, TestCase, ThreadFrames
+from ..cases.store import BlobStore
+from ..core.discovery import discover_modules
+from ..core.elfcore import CoreFile
+from ..core.memory_modules import module_files, require_modules
+from ..core.process import Process
+from ..errors import HarnessError
+from ..paths import TESTDATA
+from ..replay import open_case, process_from, thread_frames, unwind_process
+from .gcore import full_coredump_filter, gcore
+from .gdb_oracle import gdb_available, gdb_for
+from .verify import compare_with_gdb
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class ReadTracker:
+    """The unwinder's memory reader during a recording: the process's own, noting
+    which module files served bytes that the core lacks (they must be bundled)."""
+
+    process: Process
+    files: set[str] = field(default_factory=set)
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        data = self.process.read(addr, size)
+        if data is not None and self.process.core.read(addr, size) is None:
+            self.files |= self.process.file_sources(addr, size)
+        return data
+
+
+def _bundled_modules(process: Process, touched_ids: set[int], read_from: set[str]) -> list[str]:
+    """The executable, the dynamic linker, and every module the unwinder used."""
+    keep = {p for p in (process.executable_path(), process.interpreter_path()) if p}
+    keep |= read_from
+    keep |= {path for path, m in process.modules.items() if m.file_id in touched_ids}
+    return sorted(keep)
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        raise HarnessError(f"invalid case name {name!r}")
+
+
+def record_case(name: str, *, core: str | Path | None = None, pid: int | None = None,
+                sysroot: str | Sequence[str] | None = None, executable: str | None = None,
+                store: BlobStore | None = None, testdata: Path = TESTDATA,
+                gdb_differences: str | None = None, check_gdb: bool = True,
+                force: bool = False, bundle_modules: bool = True,
+                progress: Progress = _quiet) -> TestCase:
+    """Create testdata/<arch>/<name>.json from a core or a running process.
+
+    Module files are found in `sysroot` (one directory or several, searched in
+    order; default `/`), see core/discovery.py. `executable` is the local file of
+    the executable where the core's path for it is not under the sysroot (qemu-user
+    runs it from the host). With bundle_modules=False no module is stored: replay
+    rebuilds them from the core's memory (core/memory_modules.py), which needs a
+    core with file pages.
+    """
+    if (core is None) == (pid is None):
+        raise HarnessError("give exactly one of -core FILE and -pid PID")
+    _check_name(name)
+    store = store or BlobStore(testdata / "blobs")
+    with tempfile.TemporaryDirectory(prefix="coredump-new-") as tmp:
+        if pid is not None:
+            progress(f"running gcore on pid {pid}")
+            if bundle_modules:
+                core = gcore(pid, tmp)
+            else:
+                with full_coredump_filter(pid):
+                    core = gcore(pid, tmp)
+        assert core is not None
+        core_path = Path(core)
+        core_file = CoreFile(core_path)
+        try:
+            files: Mapping[str, tuple[str | Path, str | None]]
+            if bundle_modules:
+                files = discover_modules(core_file, sysroot, executable=executable,
+                                         progress=progress)
+            else:
+                files = module_files(core_file, progress=progress)
+                require_modules(files, core_path)
+        except BaseException:
+            core_file.close()
+            raise
+        target = testdata / core_file.machine / f"{name}.json"
+        if target.exists() and not force:
+            core_file.close()
+            raise HarnessError(f"{target} exists; choose another name or pass -force")
+
+        progress(f"unwinding {core_path.name} ({core_file.machine}, {len(files)} modules "
+                 "on disk)")
+        process = process_from(core_file, files)
+        try:
+            threads, module_refs = _unwind_and_bundle(process, core_path, store, bundle_modules,
+                                                      check_gdb, gdb_differences, progress)
+        finally:
+            process.close()
+        progress(f"storing the core ({core_path.stat().st_size} bytes)")
+        core_ref = store.put_file(core_path)
+
+    case = TestCase(core_ref, threads, module_refs, gdb_differences=gdb_differences,
+                    no_module_bundling=not bundle_modules)
+    case.path = target
+    _check_replay(case, store, threads)
+    case.save(target)
+    return case
+
+
+def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
+                       bundle_modules: bool, check_gdb: bool, gdb_differences: str | None,
+                       progress: Progress) -> tuple[list[ThreadFrames], list[ModuleRef]]:
+    """Unwind every thread, check with gdb, store the modules to bundle."""
+    tracker = ReadTracker(process)
+    result = unwind_process(process, reader=tracker.read)
+    threads = thread_frames(result)
+    if check_gdb:
+        gdb = gdb_for(process.arch)
+        if gdb_available(gdb) is None:
+            raise HarnessError(f"{gdb} is needed to cross-check a new case; install it or "
+                               "pass -no-gdb-check")
+        progress("comparing with gdb")
+        comparison = compare_with_gdb(process, core_path, threads)
+        if comparison.problems and not gdb_differences:
+            raise HarnessError(
+                "the unwinder disagrees with gdb; fix it, or record anyway with "
+                "-gdb-differences \"explanation\":\n" + "\n".join(comparison.problems))
+    module_refs = []
+    if bundle_modules:
+        for path in _bundled_modules(process, result.touched_file_ids, tracker.files):
+            progress(f"storing {path}")
+            module_refs.append(ModuleRef(store.put_file(process.modules[path].local_path),
+                                         path))
+    return threads, module_refs
+
+
+def _check_replay(case: TestCase, store: BlobStore, threads: list[ThreadFrames]) -> None:
+    """Self-check: the bundled subset must replay to the same frames."""
+    replayed = open_case(case, store)
+    try:
+        again = thread_frames(unwind_process(replayed))
+    finally:
+        replayed.close()
+    if again != threads:
+        raise HarnessError("replaying from the bundled modules gives different frames; "
+                           "a module the unwinder needs was not bundled (please report)")
