@@ -10,13 +10,33 @@
 
 #include "types.h"
 
-/* Map types and flags (values from the kernel's uapi bpf.h). */
-#define BPF_MAP_TYPE_HASH 1
-#define BPF_MAP_TYPE_ARRAY 2
-#define BPF_MAP_TYPE_PROG_ARRAY 3
-#define BPF_MAP_TYPE_PERF_EVENT_ARRAY 4
-#define BPF_MAP_TYPE_PERCPU_ARRAY 6
-#define BPF_MAP_TYPE_LPM_TRIE 11
+#define NULL ((void *)0) /* no libc here */
+
+/* Values from the kernel's include/uapi/linux/bpf.h; only what is used here. */
+enum bpf_map_type {
+  BPF_MAP_TYPE_HASH = 1,
+  BPF_MAP_TYPE_ARRAY = 2,
+  BPF_MAP_TYPE_PROG_ARRAY = 3,
+  BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4,
+  BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+  BPF_MAP_TYPE_LPM_TRIE = 11,
+};
+
+/* Helper ids: their positions in the uapi's __BPF_FUNC_MAPPER list. */
+enum bpf_func_id {
+  BPF_FUNC_map_lookup_elem = 1,
+  BPF_FUNC_map_update_elem = 2,
+  BPF_FUNC_ktime_get_ns = 5,
+  BPF_FUNC_trace_printk = 6,
+  BPF_FUNC_get_smp_processor_id = 8,
+  BPF_FUNC_tail_call = 12,
+  BPF_FUNC_get_current_pid_tgid = 14,
+  BPF_FUNC_perf_event_output = 25,
+  BPF_FUNC_probe_read_user = 112,
+};
+
+/* Flags stay macros: BPF_F_CURRENT_CPU does not fit the int that a C11 enum
+ * constant must be. */
 #define BPF_F_NO_PREALLOC (1U << 0)
 #define BPF_F_CURRENT_CPU 0xffffffffULL
 
@@ -33,20 +53,32 @@
 #define __always_inline inline __attribute__((always_inline))
 #endif
 
+/* DEBUG_PRINT(fmt, ...): a printk-style message (%d %u %ld %llu %llx, at
+ * most three arguments, no trailing newline). In the kernel build it is
+ * bpf_trace_printk, compiled in only with -DUNWINDER_DEBUG; in the host build
+ * it goes to the harness's log whenever that is set. */
+
 #if defined(__bpf__)
 
 #define SEC(name) __attribute__((section(name), used))
 
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) =
+    (void *)BPF_FUNC_map_lookup_elem;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
-                                   u64 flags) = (void *)2;
-static u64 (*bpf_ktime_get_ns)(void) = (void *)5;
-static u32 (*bpf_get_smp_processor_id)(void) = (void *)8;
-static long (*bpf_tail_call)(void *ctx, void *prog_array_map, u32 index) = (void *)12;
-static u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
+                                   u64 flags) = (void *)BPF_FUNC_map_update_elem;
+static u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
+static long (*bpf_trace_printk)(const char *fmt, u32 fmt_size, ...) =
+    (void *)BPF_FUNC_trace_printk;
+static u32 (*bpf_get_smp_processor_id)(void) = (void *)BPF_FUNC_get_smp_processor_id;
+static long (*bpf_tail_call)(void *ctx, void *prog_array_map, u32 index) =
+    (void *)BPF_FUNC_tail_call;
+static u64 (*bpf_get_current_pid_tgid)(void) = (void *)BPF_FUNC_get_current_pid_tgid;
 static long (*bpf_perf_event_output)(void *ctx, void *map, u64 flags, void *data,
-                                     u64 size) = (void *)25;
-static long (*bpf_probe_read_user)(void *dst, u32 size, const void *unsafe_ptr) = (void *)112;
+                                     u64 size) = (void *)BPF_FUNC_perf_event_output;
+static long (*bpf_probe_read_user)(void *dst, u32 size, const void *unsafe_ptr) =
+    (void *)BPF_FUNC_probe_read_user;
+
+#include "kernel/debug_print.h"
 
 #else
 

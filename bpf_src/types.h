@@ -48,35 +48,59 @@ struct perf_event_ctx {
 
 /* ---- Unwinder limits ---------------------------------------------------- */
 
-#define MAX_FRAMES 512          /* frames in one trace */
-#define FRAMES_PER_PROGRAM 16   /* native frames per program before a tail call */
-#define DELTA_PAGE_BITS 16      /* stack deltas are indexed per 64 KiB of text */
-#define DELTA_SEARCH_STEPS 17   /* log2(1 << DELTA_PAGE_BITS) + 1 */
+/* Constants shared with user space are enums, not macros, so that they are in
+ * the debug info (DWARF) that user space can read them from. Struct fields
+ * keep their fixed-width types: an enum's size is the compiler's choice, a
+ * field's must not be. */
 
-#define MAX_PIDS 256
-#define MAX_MAPPING_PREFIXES 65536
-#define MAX_DELTA_PAGES 65536
-#define MAX_STACK_DELTAS (1 << 22)
-#define MAX_UNWIND_RULES 65536
+enum unwind_limits {
+  MAX_FRAMES = 512,         /* frames in one trace; a power of two (index mask) */
+  FRAMES_PER_PROGRAM = 16,  /* native frames per program before a tail call */
+  DELTA_PAGE_BITS = 16,     /* stack deltas are indexed per 64 KiB of text */
+  DELTA_PAGE_MASK = (1 << DELTA_PAGE_BITS) - 1,
+  /* A page holds at most one delta per address, 1 << DELTA_PAGE_BITS: one
+   * halving per bit narrows it down to one entry; one step to spare. */
+  DELTA_SEARCH_STEPS = DELTA_PAGE_BITS + 1,
+};
+
+enum map_sizes {
+  MAX_PIDS = 256,
+  MAX_MAPPING_PREFIXES = 65536,
+  MAX_DELTA_PAGES = 65536,
+  MAX_STACK_DELTAS = 1 << 22,
+  MAX_UNWIND_RULES = 65536,
+};
 
 /* Program indices in the prog array used for tail calls. */
-#define PROG_UNWIND_NATIVE 0
-#define NUM_PROGS 1
+enum unwind_prog {
+  PROG_UNWIND_NATIVE = 0,
+  NUM_PROGS = 1,
+};
 
 /* ---- Unwind rules (stack deltas) ---------------------------------------- */
 
 /* How the canonical frame address (the caller's SP) is computed.
  * Values equal harness/unwind_data.py's CFA_* constants. */
-#define CFA_INVALID 0 /* no usable rule here: error */
-#define CFA_STOP 1    /* outermost frame: the return address is undefined */
-#define CFA_SP 2      /* CFA = SP + cfa_param */
-#define CFA_FP 3      /* CFA = FP + cfa_param */
-#define CFA_PLT 4     /* CFA = SP + cfa_param + ((PC & 15) >= aux ? 8 : 0) */
-#define CFA_SIGNAL 5  /* signal trampoline: registers come from the signal frame */
+enum cfa_op {
+  CFA_INVALID = 0, /* no usable rule here: error */
+  CFA_STOP = 1,    /* outermost frame: the return address is undefined */
+  CFA_SP = 2,      /* CFA = SP + cfa_param */
+  CFA_FP = 3,      /* CFA = FP + cfa_param */
+  CFA_PLT = 4,     /* CFA = SP + cfa_param + ((PC % PLT_ENTRY_SIZE) >= aux ? 8 : 0) */
+  CFA_SIGNAL = 5,  /* signal trampoline: registers come from the signal frame */
+};
+
+/* x86_64 PLT entries are 16 bytes, and each pushes one word at the same
+ * offset (lazy binding: jmp *GOT slot; push index; jmp PLT0). PC modulo the
+ * entry size tells whether the push has run; unwind_rule.aux is the offset
+ * right after it. */
+enum plt_layout {
+  PLT_ENTRY_SIZE = 16,
+};
 
 struct unwind_rule {
-  u8 cfa_op;
-  u8 aux;
+  u8 cfa_op;      /* enum cfa_op */
+  u8 aux;         /* CFA_PLT: offset in a PLT entry from which one more word is pushed */
   u16 pad;
   s32 cfa_param;
   s32 fp_offset; /* caller's FP at CFA + fp_offset; 0: FP not saved */
@@ -105,6 +129,11 @@ struct delta_page {
 
 /* LPM-trie key: prefixlen counts the bits of pid and address that must match.
  * The address is stored big-endian so the trie compares its high bits first. */
+enum mapping_key_bits {
+  MAPPING_PID_BITS = 8 * sizeof(u32),  /* mapping_key.pid: always matched */
+  MAPPING_ADDR_BITS = 8 * sizeof(u64), /* mapping_key.addr_be */
+};
+
 struct mapping_key {
   u32 prefixlen;
   u32 pid;
@@ -123,37 +152,48 @@ struct unwinder_config {
 
 /* ---- Trace records -------------------------------------------------------- */
 
-#define FRAME_NATIVE 1
-#define FRAME_ERROR 2
+enum frame_kind {
+  FRAME_NATIVE = 1,
+  FRAME_ERROR = 2,
+};
 
-#define FRAME_FLAG_RETURN_ADDRESS 1 /* addr is a return address minus one */
-#define FRAME_FLAG_SIGNAL 2         /* this frame was interrupted by a signal */
+enum frame_flags {
+  FRAME_FLAG_RETURN_ADDRESS = 1, /* addr is a return address minus one */
+  FRAME_FLAG_SIGNAL = 2,         /* this frame was interrupted by a signal */
+};
 
-/* Error codes: harness/bpf_abi.py holds their names. */
-#define ERR_NONE 0
-#define ERR_PC_NOT_MAPPED 1      /* PC outside any known module */
-#define ERR_NO_RULE 2            /* the stack delta says there is no usable rule */
-#define ERR_READ_RA 3            /* return address unreadable */
-#define ERR_READ_FP 4            /* saved frame pointer unreadable */
-#define ERR_READ_SIGFRAME 5      /* signal frame unreadable */
-#define ERR_NO_LINK_REGISTER 6   /* RA in the link register, but it is stale */
-#define ERR_STACK_NOT_PROGRESSING 7
-#define ERR_MAX_FRAMES 8
-#define ERR_MAP_LOOKUP 9         /* a map lookup that must succeed did not */
-#define ERR_ZERO_PC 10
-#define ERR_TAIL_CALL 11
+/* Error codes of FRAME_ERROR frames. Each name, lowercased and without ERR_,
+ * is the name user space prints (harness/bpf_abi.py ERROR_NAMES). */
+enum unwind_error {
+  ERR_NONE = 0,
+  ERR_NATIVE_PC_NOT_MAPPED = 1,         /* PC outside any known module */
+  ERR_NATIVE_NO_UNWIND_RULE = 2,        /* the stack delta says there is no usable rule */
+  ERR_NATIVE_READ_RETURN_ADDRESS = 3,   /* return address unreadable */
+  ERR_NATIVE_READ_FRAME_POINTER = 4,    /* saved frame pointer unreadable */
+  ERR_NATIVE_READ_SIGNAL_FRAME = 5,     /* signal frame unreadable */
+  ERR_NATIVE_STALE_LINK_REGISTER = 6,   /* RA in the link register, but it is stale */
+  ERR_NATIVE_STACK_NOT_PROGRESSING = 7, /* the caller's SP is not above this frame's */
+  ERR_NATIVE_MAX_FRAMES = 8,            /* trace full, or tail-call budget spent */
+  ERR_NATIVE_MAP_LOOKUP = 9,            /* a map lookup that must succeed did not */
+  ERR_NATIVE_ZERO_PC = 10,
+  ERR_NATIVE_TAIL_CALL = 11,            /* the first tail call failed */
+  ERR_NATIVE_DELTA_SEARCH_EXHAUSTED = 12, /* DELTA_SEARCH_STEPS ran out (page too large) */
+  ERR_NATIVE_EMPTY_DELTA_PAGE = 13,     /* a delta page with no deltas */
+};
 
-#define TRACE_STATUS_RUNNING 0
-#define TRACE_STATUS_DONE 1      /* reached the outermost frame */
-#define TRACE_STATUS_ABORTED 2   /* stopped on an error frame */
+enum trace_status {
+  TRACE_STATUS_RUNNING = 0,
+  TRACE_STATUS_DONE = 1,    /* reached the outermost frame */
+  TRACE_STATUS_ABORTED = 2, /* stopped on an error frame */
+};
 
 struct frame {
   u64 file_id;
   u64 addr;      /* ELF virtual address (return address - 1 for callers) */
   u64 cfa;       /* the CFA the unwinder computed for this frame (0 if none) */
-  u16 error;     /* FRAME_ERROR: ERR_* */
-  u8 kind;
-  u8 flags;
+  u16 error;     /* FRAME_ERROR: enum unwind_error */
+  u8 kind;       /* enum frame_kind */
+  u8 flags;      /* enum frame_flags */
   u32 pad;
 };
 
@@ -161,7 +201,7 @@ struct trace {
   u32 pid;
   u32 tid;
   u32 num_frames;
-  u32 status;
+  u32 status;    /* enum trace_status */
   struct frame frames[MAX_FRAMES];
 };
 

@@ -1,4 +1,5 @@
-/* Host-side glue: helper pointers, tail calls, and the ABI self-description.
+/* Host-side glue: helper pointers, tail calls, debug prints, and the ABI
+ * self-description.
  *
  * Tail calls: a BPF tail call replaces the running program and never returns.
  * harness_run_program() calls the entry program under setjmp; bpf_tail_call()
@@ -6,8 +7,11 @@
  * the loop starts that program with the same context. Only C frames lie
  * between setjmp and longjmp: every Python callback has returned by then.
  */
+#include <elf.h>
 #include <setjmp.h>
+#include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "../types.h"
 #include "shim.h"
@@ -63,6 +67,25 @@ int harness_run_program(bpf_prog_fn prog, void *ctx, int *tail_calls_out)
   return ret;
 }
 
+void (*harness_log)(const char *message);
+
+/* Long enough for any printk-style line of the unwinder; longer ones are cut
+ * (vsnprintf always terminates the buffer). */
+#define DEBUG_MESSAGE_SIZE 256
+
+void harness_debug_print(const char *fmt, ...)
+{
+  void (*log)(const char *message) = harness_log;
+  if (!log)
+    return;
+  char message[DEBUG_MESSAGE_SIZE];
+  va_list args;
+  va_start(args, fmt);
+  vsnprintf(message, sizeof(message), fmt, args);
+  va_end(args);
+  log(message);
+}
+
 /* ABI description checked by harness/bpf_abi.py at load time. */
 #define ABI_ENTRY(x) (u64)(x)
 static const u64 abi_values[] = {
@@ -82,9 +105,9 @@ static const u64 abi_values[] = {
     ABI_ENTRY(MAX_FRAMES),
     ABI_ENTRY(DELTA_PAGE_BITS),
 #if defined(TARGET_ARCH_X86_64)
-    ABI_ENTRY(62),
+    ABI_ENTRY(EM_X86_64),
 #else
-    ABI_ENTRY(183),
+    ABI_ENTRY(EM_AARCH64),
 #endif
 };
 

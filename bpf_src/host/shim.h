@@ -21,4 +21,19 @@ extern long (*bpf_probe_read_user)(void *dst, u32 size, const void *unsafe_ptr);
 
 long bpf_tail_call(void *ctx, void *prog_array_map, u32 index);
 
+/* DEBUG_PRINT (see bpf_defs.h) is always compiled in on the host; whether it
+ * prints is decided at run time by harness_log. */
+#define DEBUG_PRINT(fmt, ...) harness_debug_print(fmt, ##__VA_ARGS__)
+
+/* Set by Python (ctypes: CFUNCTYPE(None, c_char_p), stored through
+ * c_void_p.in_dll(lib, "harness_log")): receives each formatted message,
+ * NUL-terminated, without a trailing newline, valid only during the call.
+ * NULL, the default, turns DEBUG_PRINT off. */
+extern void (*harness_log)(const char *message);
+
+/* Formats like bpf_trace_printk would and hands the text to harness_log;
+ * returns at once, without formatting, while harness_log is NULL. gcc checks
+ * every DEBUG_PRINT format against its arguments. */
+void harness_debug_print(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #endif /* UNWINDER_HOST_SHIM_H */
