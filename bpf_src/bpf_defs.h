@@ -45,7 +45,7 @@ enum bpf_func_id {
 #define __type(name, val) typeof(val) *name
 #define __array(name, val) typeof(val) *name[]
 
-/* Guarded as in libbpf's bpf_helpers.h. The host debug build (harness/build.py
+/* Guarded as in libbpf's bpf_helpers.h. The host debug build (harness/bpf/build.py
  * DEBUG_FLAGS) passes -D__always_inline=inline so that every step of the
  * unwinder stays a function gdb can step into and break on. The BPF build and
  * the optimised host build keep forcing inlining, as before. */

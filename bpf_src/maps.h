@@ -1,4 +1,4 @@
-/* Maps of the native unwinder. The user-space agent (harness/agent.py on the
+/* Maps of the native unwinder. The user-space agent (harness/bpf/agent.py on the
  * host, a profiler's agent in production) fills the first five; the rest are
  * the unwinder's own plumbing. */
 #ifndef UNWINDER_MAPS_H

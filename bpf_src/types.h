@@ -1,8 +1,9 @@
 /* Types shared by the unwinder programs and the user-space side.
  *
- * harness/bpf_abi.py mirrors every struct and constant here; the host build
- * exports their sizes (host/shim.c) so a mismatch is caught when the shared
- * object is loaded, not by a wrong unwind.
+ * harness/bpf/abi.py mirrors every struct and constant here (the CFA ops are
+ * harness/unwind_data.py's); the host build exports their sizes (host/shim.c) so
+ * a mismatch is caught when the shared object is loaded, not by a wrong unwind,
+ * and tests/test_abi_constants.py checks that the constants agree.
  *
  * The target architecture is chosen by a macro, never by the compiler's own
  * target: the same file is compiled for TARGET_ARCH_X86_64 and
@@ -80,7 +81,7 @@ enum unwind_prog {
 /* ---- Unwind rules (stack deltas) ---------------------------------------- */
 
 /* How the canonical frame address (the caller's SP) is computed.
- * Values equal harness/unwind_data.py's CFA_* constants. */
+ * Values equal harness/unwind_data.py's CFA_* constants, which produce them. */
 enum cfa_op {
   CFA_INVALID = 0, /* no usable rule here: error */
   CFA_STOP = 1,    /* outermost frame: the return address is undefined */
@@ -163,7 +164,7 @@ enum frame_flags {
 };
 
 /* Error codes of FRAME_ERROR frames. Each name, lowercased and without ERR_,
- * is the name user space prints (harness/bpf_abi.py ERROR_NAMES). */
+ * is the name user space prints (harness/bpf/abi.py ERROR_NAMES). */
 enum unwind_error {
   ERR_NONE = 0,
   ERR_NATIVE_PC_NOT_MAPPED = 1,         /* PC outside any known module */

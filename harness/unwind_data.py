@@ -54,10 +54,17 @@ CFA_INVALID = 0  # no usable rule at this PC: the unwinder reports an error
 CFA_STOP = 1  # outermost frame: the return-address column is DW_CFA_undefined here
 CFA_SP = 2  # CFA = SP + cfa_param
 CFA_FP = 3  # CFA = FP + cfa_param  (FP = rbp on x86_64, x29 on aarch64)
-CFA_PLT = 4  # x86_64 PLT: CFA = RSP + cfa_param + ((PC & 15) >= aux ? 8 : 0)
+CFA_PLT = 4  # x86_64 PLT: CFA = RSP + cfa_param + plt_pushed_bytes(PC, aux)
 CFA_SIGNAL = 5  # signal trampoline: registers are restored from the signal frame
 
 _CFA_OPS = frozenset({CFA_INVALID, CFA_STOP, CFA_SP, CFA_FP, CFA_PLT, CFA_SIGNAL})
+
+PLT_ENTRY_SIZE = 16  # bytes of an x86_64 .plt entry (enum plt_layout in types.h)
+
+
+def plt_pushed_bytes(pc: int, aux: int) -> int:
+    """CFA_PLT: the word a PLT entry has pushed once the PC is past its push (aux)."""
+    return 8 if pc % PLT_ENTRY_SIZE >= aux else 0
 
 # Bump whenever extraction semantics or the cache layout change: old files are then
 # simply never looked at again (the version is part of the file name).
@@ -72,7 +79,7 @@ class UnwindRule:
     cfa_param: int = 0
     fp_offset: int = 0  # caller's FP saved at CFA + fp_offset; 0: not saved (FP unchanged)
     ra_offset: int = 0  # RA saved at CFA + ra_offset; 0: still in the link register (arm64)
-    aux: int = 0  # CFA_PLT only: threshold compared with PC & 15
+    aux: int = 0  # CFA_PLT only: offset in a PLT entry from which one more word is pushed
 
 
 # Used for PCs that no FDE covers (both arches): the standard frame-pointer frame.
@@ -98,7 +105,7 @@ class ModuleUnwindData:
     fde_errors: int  # FDEs skipped because pyelftools raised or the FDE was malformed
     sources: list[str]  # CFI sections used, e.g. [".eh_frame", ".debug_frame"]
     # [start, end) of every FDE over code, in section order (.eh_frame first): the
-    # function bounds of the instruction-level tools (harness/functions.py)
+    # function bounds of the instruction-level tools (harness/check/code.py)
     fde_ranges: list[tuple[int, int]] = field(default_factory=list)
 
 

@@ -49,7 +49,7 @@ def test_bpf_build_has_programs_btf_and_real_map_sizes(arch: str) -> None:
     obj = bpf_build.build_unwinder_bpf(arch)
     assert bpf_build.btf_size(obj) > 0
     assert sorted(libbpf.program_names(str(obj))) == sorted(bpf_build.UNWINDER_PROGRAMS)
-    # Every map at its maps.h size (bpf_abi mirrors maps.h for the host build);
+    # Every map at its maps.h size (bpf/abi.py mirrors maps.h for the host build);
     # libbpf sizes the perf event array by CPU count at load time.
     specs = {m.name: m for m in libbpf.map_specs(str(obj))}
     assert set(specs) == set(MAP_SPECS)
@@ -104,7 +104,7 @@ def test_bpf_build_cli(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_ctx_sizes_match_the_kernel_uapi() -> None:
-    """The fallback to tracepoint trusts these sizes; bpf_abi's mirror of
+    """The fallback to tracepoint trusts these sizes; the mirror in bpf/abi.py of
     struct perf_event_ctx is checked against the C build at load time."""
     for arch, size in verifier.PERF_EVENT_CTX_SIZE.items():
         assert ctypes.sizeof(perf_event_ctx_type(arch)) == size

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 from pathlib import Path
 
 import pytest
 
 from harness.arch import AMD64, ARM64
-from harness.bpf.abi import check_abi, target_regs
+from harness.bpf.abi import DELTA_PAGE_BITS, DeltaPage, DeltaPageKey, check_abi, target_regs
 from harness.bpf.agent import Agent
-from harness.bpf.bridge import get_unwinder
+from harness.bpf.bridge import get_unwinder, trace_log
 from harness.cases.store import store_for
 from harness.errors import BuildError, HarnessError
 from harness.formatting import format_trace
@@ -92,3 +93,48 @@ def test_fault_addresses(tmp_path: Path) -> None:
     case.fault_addresses = [0x10]
     stale = replay_case(case)
     assert any("never read" in p and "0x10" in p for p in stale.problems)
+
+
+def test_debug_prints_reach_the_python_logger(caplog: pytest.LogCaptureFixture) -> None:
+    """DEBUG_PRINT in the C code is the `harness.bpf.trace` logger at DEBUG level."""
+    caplog.set_level(logging.DEBUG, logger=trace_log.name)
+    _, frames, process = _unwind("chain.O2.nofp", ip=0xDEAD_BEEF, sp=0x10, bp=0x20)
+    process.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == trace_log.name]
+    assert any("0xdeadbeef" in m and "no known module" in m for m in messages), messages
+
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger=trace_log.name)
+    _, again, process = _unwind("chain.O2.nofp", ip=0xDEAD_BEEF, sp=0x10, bp=0x20)
+    process.close()
+    assert again == frames and not [r for r in caplog.records if r.name == trace_log.name]
+
+
+@pytest.mark.parametrize("count, error", [(0, "native_empty_delta_page"),
+                                          (1 << 20, "native_delta_search_exhausted")])
+def test_broken_delta_page_is_its_own_error(count: int, error: str) -> None:
+    """A page the bounded search cannot finish (or with no deltas at all) ends the
+    trace with an error of its own, not with whatever entry the search stopped at."""
+    case = bundled_case("chain.O2.nofp")
+    process = open_case(case, store_for(case))
+    try:
+        unwinder = get_unwinder(process.arch)
+        agent = Agent(unwinder, process)
+        agent.attach()
+        thread = process.threads[0]
+        found = process.module_at(thread.regs["rip"])
+        assert found is not None
+        module, vaddr = found
+        agent.load_module_deltas(module)
+        agent.loaded_file_ids.add(module.file_id)
+        pages = unwinder.maps["delta_pages"]
+        key = bytes(DeltaPageKey(module.file_id, vaddr >> DELTA_PAGE_BITS))
+        assert pages.lookup(key), "the top frame's page has deltas"
+        assert pages.update(key, bytes(DeltaPage(0, count))) == 0
+        trace = unwinder.unwind(target_regs(process.arch, thread.regs), process.pid,
+                                thread.lwp, process.read)
+        names = {m.file_id: m.name for m in process.modules.values()}
+        assert format_trace(trace, names) == [
+            f"{module.name}+{vaddr:#x}", f"<unwinding aborted due to error {error}>"]
+    finally:
+        process.close()

@@ -232,14 +232,14 @@ def test_pid_already_traced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_ptrace_refusals_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks for non-root users and Yama, on real /proc entries (this machine runs the
     suite as root without Yama, so the caller's uid and the Yama setting are substituted)."""
-    from harness.record import gcore as procfs
+    from harness.record import gcore
 
-    monkeypatch.setattr(procfs.os, "geteuid", lambda: 65534)
-    init = procfs.attach_problem(1)
+    monkeypatch.setattr(gcore.os, "geteuid", lambda: 65534)
+    init = gcore.attach_problem(1)
     assert init is not None and "belongs to uid 0" in init and "sudo" in init
 
     scope = tmp_path / "ptrace_scope"
-    monkeypatch.setattr(procfs, "YAMA_SCOPE", scope)
+    monkeypatch.setattr(gcore, "YAMA_SCOPE", scope)
     scope.write_text("3\n")
-    disabled = procfs.attach_problem(os.getpid())
+    disabled = gcore.attach_problem(os.getpid())
     assert disabled is not None and "ptrace_scope=3" in disabled and "new -core" in disabled

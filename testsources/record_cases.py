@@ -51,7 +51,7 @@ CASES = [
 ]
 
 # arm64 cases, recorded under qemu-user: (case name, program, site or None).
-# A site stops the program at one instruction (see harness/qemu_record.py);
+# A site stops the program at one instruction (see harness/record/qemu.py);
 # without one the program is frozen once it is ready.
 ARM64_CASES = [
     ("sites.f5.pro.entry", "sites", "f5:entry"),       # prologue, nothing stored yet

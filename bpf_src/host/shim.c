@@ -86,7 +86,7 @@ void harness_debug_print(const char *fmt, ...)
   log(message);
 }
 
-/* ABI description checked by harness/bpf_abi.py at load time. */
+/* ABI description checked by harness/bpf/abi.py at load time. */
 #define ABI_ENTRY(x) (u64)(x)
 static const u64 abi_values[] = {
     ABI_ENTRY(sizeof(struct target_regs)),

@@ -39,7 +39,7 @@ TRACE_STATUS_RUNNING = 0
 TRACE_STATUS_DONE = 1
 TRACE_STATUS_ABORTED = 2
 
-# ERR_* codes of types.h and the names used in formatted frames.
+# enum unwind_error of types.h: each name is the C name lowercased without ERR_.
 ERROR_NAMES: dict[int, str] = {
     1: "native_pc_not_mapped",
     2: "native_no_unwind_rule",
@@ -52,6 +52,8 @@ ERROR_NAMES: dict[int, str] = {
     9: "native_map_lookup",
     10: "native_zero_pc",
     11: "native_tail_call",
+    12: "native_delta_search_exhausted",
+    13: "native_empty_delta_page",
 }
 
 # Program names in prog-array slot order (PROG_* in types.h).

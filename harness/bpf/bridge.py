@@ -4,12 +4,17 @@ One `Unwinder` per target architecture and build flavour lives in a process:
 the shared object's helper pointers and maps are globals, so a second
 instance would share them anyway. `reset()` empties the maps between
 processes; the agent (bpf/agent.py) fills them for the next one.
+
+The C code's DEBUG_PRINT messages go to the `harness.bpf.trace` logger at
+DEBUG level; while that level is off, the C side does not even format them
+(`coredump analyze -debug-ebpf` turns it on, as does `pytest --log-level=DEBUG`).
 """
 
 from __future__ import annotations
 
 import ctypes
-from ctypes import POINTER, c_int, c_void_p
+import logging
+from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_void_p
 from dataclasses import dataclass, field
 
 from ..errors import HarnessError
@@ -26,6 +31,18 @@ from ..paths import debug_build_requested
 from . import abi
 from .abi import ENTRY_PROGRAM, MAP_SPECS, TAIL_CALL_PROGRAMS, Trace, check_abi
 from .build import build_unwinder
+
+trace_log = logging.getLogger("harness.bpf.trace")
+_LOG_FN = CFUNCTYPE(None, c_char_p)
+
+
+def _debug_print(message: bytes | None) -> None:
+    """host/shim.c's harness_log: one formatted DEBUG_PRINT message."""
+    trace_log.debug("%s", (message or b"").decode(errors="replace"))
+
+
+_DEBUG_PRINT = _LOG_FN(_debug_print)  # module-level: never freed while C may call it
+_DEBUG_PRINT_ADDR = ctypes.cast(_DEBUG_PRINT, c_void_p).value
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,7 @@ class Unwinder:
         for symbol, callback in self._callbacks.items():
             c_void_p.in_dll(self.lib, symbol).value = ctypes.cast(callback, c_void_p).value
 
+        self._log_slot = c_void_p.in_dll(self.lib, "harness_log")
         self._entry = self._symbol_addr(ENTRY_PROGRAM)
         self._run = self.lib.harness_run_program
         self._run.argtypes = [c_void_p, c_void_p, POINTER(c_int)]
@@ -107,6 +125,8 @@ class Unwinder:
         env.reads = env.failed_reads = 0
         env.errors.clear()
 
+        self._log_slot.value = _DEBUG_PRINT_ADDR if trace_log.isEnabledFor(logging.DEBUG) \
+            else None
         ctx = self._ctx_type()
         ctx.regs = regs
         tail_calls = c_int(0)

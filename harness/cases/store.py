@@ -44,7 +44,7 @@ class BlobStore:
     """Compressed blobs under `root`, uncompressed copies under `cache`.
 
     A blob missing from `root` is fetched with `fetcher`, by default from the
-    configured remote store (harness.remote), into the cache, and used only if
+    configured remote store (cases/remote.py), into the cache, and used only if
     its content hashes to its id.
     """
 

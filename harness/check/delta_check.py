@@ -36,6 +36,7 @@ from ..unwind_data import (
     ModuleUnwindData,
     UnwindRule,
     module_unwind_data,
+    plt_pushed_bytes,
 )
 from .code import ElfCode, Function, open_code
 from .emulate import PAGE, Emulator, Page
@@ -251,7 +252,7 @@ class DeltaChecker:
 
     def _is_entry_rule(self, rule: UnwindRule, addr: int) -> bool:
         if self.arch == AMD64:
-            extra = 8 if rule.cfa_op == CFA_PLT and (addr & 15) >= rule.aux else 0
+            extra = plt_pushed_bytes(addr, rule.aux) if rule.cfa_op == CFA_PLT else 0
             return (rule.cfa_op in (CFA_SP, CFA_PLT) and rule.cfa_param + extra == 8
                     and rule.ra_offset == -8)
         return rule.cfa_op == CFA_SP and rule.cfa_param == 0 and rule.ra_offset == 0
@@ -409,8 +410,8 @@ class DeltaChecker:
             base = uc.reg_read(self._fp)
         else:
             base = sp
-        cfa = (base + rule.cfa_param + (8 if op == CFA_PLT and (addr & 15) >= rule.aux
-                                        else 0)) & U64_MASK
+        pushed = plt_pushed_bytes(addr, rule.aux) if op == CFA_PLT else 0
+        cfa = (base + rule.cfa_param + pushed) & U64_MASK
         if cfa != true_cfa:
             reg = self._fp_name if op == CFA_FP else self._sp_name
             self._mismatch(addr, step, "cfa",

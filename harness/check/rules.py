@@ -16,6 +16,7 @@ from ..unwind_data import (
     CFA_SP,
     CFA_STOP,
     FRAME_POINTER_RULE,
+    PLT_ENTRY_SIZE,
     ModuleUnwindData,
     UnwindRule,
 )
@@ -36,7 +37,7 @@ def describe_rule(rule: UnwindRule, arch: str) -> str:
     base = {CFA_SP: sp, CFA_FP: fp, CFA_PLT: sp}.get(op, f"op{op}")
     cfa = f"CFA={base}{rule.cfa_param:+d}"
     if op == CFA_PLT:
-        cfa += f" (+8 if pc&15 >= {rule.aux})"
+        cfa += f" (+8 if pc%{PLT_ENTRY_SIZE} >= {rule.aux})"
     ra = "RA in LR" if rule.ra_offset == 0 else f"RA at CFA{rule.ra_offset:+d}"
     fp_text = "FP unchanged" if rule.fp_offset == 0 else f"FP at CFA{rule.fp_offset:+d}"
     return f"{cfa}, {ra}, {fp_text}"

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import sys
 
 from rich.console import Console
 from rich.table import Table
 
+from ..bpf.bridge import trace_log
 from ..cases.case_file import load_case
 from ..check.sites import top_frame_sites
 from ..core.discovery import discover_modules
@@ -53,9 +56,19 @@ def _open_core(path: str, sysroot: list[str] | None) -> Process:
     return process_from(core, files)
 
 
+def _show_debug_prints() -> None:
+    """The C code's DEBUG_PRINT messages on stderr, as the reference tool's -debug-ebpf."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ebpf: %(message)s"))
+    trace_log.addHandler(handler)
+    trace_log.setLevel(logging.DEBUG)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     if bool(args.case) == bool(args.core):
         raise HarnessError("give exactly one of -case FILE and -core FILE")
+    if args.debug_ebpf:
+        _show_debug_prints()
     case = load_case(args.case) if args.case else None
     process = open_case(case) if case else _open_core(args.core, args.sysroot)
     try:
@@ -118,6 +131,8 @@ def register(sub: Subparsers) -> None:
          help="look the core's files up under this directory (repeatable: searched in "
               "order; default /)")
     flag(p, "json", action="store_true", help="print the threads array of a case file")
+    flag(p, "debug-ebpf", dest="debug_ebpf", action="store_true",
+         help="print the unwinder's DEBUG_PRINT messages on stderr while it runs")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("replay", help="replay cases and print a table (all by default)")

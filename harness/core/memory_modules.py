@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..arch import ARCHES
+from ..arch import ARCHES, U64_MASK
 from ..errors import ModuleError
 from ..files import write_atomically
 from ..paths import cache_root
@@ -188,7 +188,7 @@ def _eh_frame_ptr(image: bytearray, hdr_off: int, hdr_vaddr: int, path: str) -> 
         value += hdr_vaddr
     elif application != 0:
         raise MemoryModuleError(f"{path}: unsupported eh_frame_ptr encoding {enc:#x}")
-    return int(value) & 0xFFFF_FFFF_FFFF_FFFF
+    return int(value) & U64_MASK
 
 
 def _eh_frame_size(image: bytearray, start: int, limit: int) -> int:

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         threads = replay_for_debugging(args.case, args.lwp)
     except HarnessError as e:
-        print(f"debug_target: error: {e}", file=sys.stderr)
+        print(f"harness.debug.target: error: {e}", file=sys.stderr)
         return 2
     for thread in threads:
         _report(thread)
