@@ -77,6 +77,8 @@ def test_resolve_sites(tmp_path: Path) -> None:
         resolve_site(binary, "f5:nowhere")
 
 
+@pytest.mark.qemu
+@pytest.mark.gdb
 def test_record_under_qemu_end_to_end(tmp_path: Path) -> None:
     for tool, package in (("qemu-aarch64", "qemu-user"), ("gdb-multiarch", "gdb-multiarch")):
         if shutil.which(tool) is None:

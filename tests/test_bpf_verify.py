@@ -61,6 +61,7 @@ def test_bpf_build_has_programs_btf_and_real_map_sizes(arch: str) -> None:
     assert specs["pid_mappings"].flags == 1  # BPF_F_NO_PREALLOC, required for LPM tries
 
 
+@pytest.mark.bpf
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_unwinder_programs_pass_the_kernel_verifier(arch: str, bpf_allowed: None) -> None:
     verdicts = verifier.verify_unwinder([arch])
@@ -81,6 +82,7 @@ def test_unwinder_programs_pass_the_kernel_verifier(arch: str, bpf_allowed: None
         assert entry.prog_type == "tracepoint" and "ctx offset" in entry.note
 
 
+@pytest.mark.bpf
 def test_unbounded_loop_is_rejected(bpf_allowed: None, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bpf-verify", "-source", str(FIXTURE), "-arch", "amd64"]) == 1
     out = capsys.readouterr().out
@@ -88,6 +90,7 @@ def test_unbounded_loop_is_rejected(bpf_allowed: None, capsys: pytest.CaptureFix
     assert re.search(r"BPF program is too large|infinite loop detected|back-edge", out), out
 
 
+@pytest.mark.bpf
 def test_cli_bpf_verify_reports_counts(bpf_allowed: None,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bpf-verify", "-arch", ARM64]) == 0

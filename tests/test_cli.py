@@ -93,6 +93,8 @@ def test_malformed_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "malformed JSON" in capsys.readouterr().err
 
 
+@pytest.mark.gdb
+@pytest.mark.slow
 def test_new_from_pid_then_replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The issue's acceptance path: a fresh process -> `new -pid` -> a passing case."""
     if shutil.which("gcore") is None or gdb_available() is None:

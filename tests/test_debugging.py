@@ -132,6 +132,7 @@ def _source_line(path: Path, line: int) -> str:
     return path.read_text().splitlines()[line - 1].strip()
 
 
+@pytest.mark.gdb
 def test_coredump_debug_stops_steps_and_shows_unwinder_locals() -> None:
     _need_gdb()
     case = bundled_case("chain.O2.nofp")
@@ -162,6 +163,7 @@ def test_coredump_debug_stops_steps_and_shows_unwinder_locals() -> None:
     assert re.search(r"^Producer is .* -O0", out, re.M), out
 
 
+@pytest.mark.gdb
 def test_coredump_debug_lwp_replays_only_that_thread() -> None:
     _need_gdb()
     case = bundled_case("threads")
@@ -176,6 +178,7 @@ def test_coredump_debug_lwp_replays_only_that_thread() -> None:
     assert "exited normally" in out, out
 
 
+@pytest.mark.gdb
 def test_plain_gdb_on_pytest_with_the_debug_build() -> None:
     """The README's manual form: gdb --args python -m pytest ... -k CASE."""
     _need_gdb()
@@ -219,6 +222,7 @@ print("WALK " + json.dumps({"selected": selected.ptid[1], "threads": threads}))
 """
 
 
+@pytest.mark.gdb
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
 def test_coredump_gdb_backtraces_are_the_case_frames(tmp_path: Path, arch: str) -> None:
     """arm64 cores come from qemu and have no file list: gdb is told the load biases."""

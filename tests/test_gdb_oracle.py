@@ -45,7 +45,8 @@ def _missing_tool() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing_tool() is not None, reason=str(_missing_tool()))
+pytestmark = [pytest.mark.gdb,
+              pytest.mark.skipif(_missing_tool() is not None, reason=str(_missing_tool()))]
 
 
 @pytest.fixture(scope="module")

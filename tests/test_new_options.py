@@ -66,6 +66,7 @@ def chain_process() -> Iterator[subprocess.Popen[str]]:
 # ------------------------------------------------------------- -no-module-bundling
 
 
+@pytest.mark.gdb
 def test_no_module_bundling_from_pid(tmp_path: Path, chain_process: subprocess.Popen[str],
                                      capsys: pytest.CaptureFixture[str]) -> None:
     pid = chain_process.pid
@@ -213,6 +214,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.gdb
 def test_pid_already_traced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """ptrace refuses a second tracer: the error names the tracer and what to do."""
     _need_gcore()

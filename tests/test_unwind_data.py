@@ -311,6 +311,7 @@ def libc(tmp_path_factory: pytest.TempPathFactory) -> Loaded:
     return Loaded(data, cached, t1 - t0, t2 - t1, cache_dir)
 
 
+@pytest.mark.slow
 def test_libc_extraction(libc: Loaded) -> None:
     data = libc.data
     assert data.machine == "amd64"
@@ -640,6 +641,7 @@ def test_aarch64_program(workdir: Path) -> None:
 
 
 @needs_readelf
+@pytest.mark.slow
 def test_aarch64_libc_matches_readelf() -> None:
     if not LIBC_ARM64.exists():
         pytest.skip(f"{LIBC_ARM64} not present (package libc6-arm64-cross)")

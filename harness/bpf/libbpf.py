@@ -31,14 +31,7 @@ from ctypes import (
 from dataclasses import dataclass
 
 from ..errors import HarnessError
-from ..helpers.maps import (
-    BPF_MAP_TYPE_ARRAY,
-    BPF_MAP_TYPE_HASH,
-    BPF_MAP_TYPE_LPM_TRIE,
-    BPF_MAP_TYPE_PERCPU_ARRAY,
-    BPF_MAP_TYPE_PERF_EVENT_ARRAY,
-    BPF_MAP_TYPE_PROG_ARRAY,
-)
+from ..helpers.maps import MAP_CLASSES
 
 # enum bpf_prog_type values of the kernel's uapi bpf.h that the harness uses.
 BPF_PROG_TYPE_TRACEPOINT = 5
@@ -46,10 +39,7 @@ BPF_PROG_TYPE_PERF_EVENT = 7
 PROG_TYPE_NAMES = {BPF_PROG_TYPE_TRACEPOINT: "tracepoint", BPF_PROG_TYPE_PERF_EVENT: "perf_event"}
 
 # enum bpf_map_type names, for reports.
-MAP_TYPE_NAMES = {BPF_MAP_TYPE_HASH: "hash", BPF_MAP_TYPE_ARRAY: "array",
-                  BPF_MAP_TYPE_PROG_ARRAY: "prog_array",
-                  BPF_MAP_TYPE_PERF_EVENT_ARRAY: "perf_event_array",
-                  BPF_MAP_TYPE_PERCPU_ARRAY: "percpu_array", BPF_MAP_TYPE_LPM_TRIE: "lpm_trie"}
+MAP_TYPE_NAMES = {map_type: cls.type_name for map_type, cls in MAP_CLASSES.items()}
 
 # Verifier log levels (kernel BPF_LOG_*): 1 traces every instruction, 4 only
 # prints the statistics (processed insns, stack depth) and the error, if any.

@@ -47,6 +47,7 @@ class BpfMap:
     """Common interface: the C-facing lookup/update take raw addresses."""
 
     map_type = 0
+    type_name = "?"  # libbpf's name of the map type (bpf_map_type_str)
 
     def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
         self.name = name
@@ -82,6 +83,7 @@ class ArrayMap(BpfMap):
     map declared with millions of entries costs only what is used."""
 
     map_type = BPF_MAP_TYPE_ARRAY
+    type_name = "array"
     CHUNK_ENTRIES = 4096
 
     def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
@@ -141,6 +143,7 @@ class PerCpuArrayMap(ArrayMap):
     """The harness runs on one simulated CPU, so per-CPU is a plain array."""
 
     map_type = BPF_MAP_TYPE_PERCPU_ARRAY
+    type_name = "percpu_array"
 
 
 class HashMap(BpfMap):
@@ -149,6 +152,7 @@ class HashMap(BpfMap):
     cannot tell the difference."""
 
     map_type = BPF_MAP_TYPE_HASH
+    type_name = "hash"
 
     def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
         super().__init__(name, key_size, value_size, max_entries)
@@ -179,6 +183,7 @@ class LpmTrieMap(BpfMap):
     data bytes, compared most significant bit of the first byte first."""
 
     map_type = BPF_MAP_TYPE_LPM_TRIE
+    type_name = "lpm_trie"
 
     def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
         super().__init__(name, key_size, value_size, max_entries)
@@ -229,6 +234,7 @@ class ProgArrayMap(BpfMap):
     """Slots hold program entry addresses (the host stand-in for prog fds)."""
 
     map_type = BPF_MAP_TYPE_PROG_ARRAY
+    type_name = "prog_array"
 
     def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
         super().__init__(name, key_size, value_size, max_entries)
@@ -251,6 +257,7 @@ class PerfEventArrayMap(BpfMap):
     """Collects what bpf_perf_event_output sends; user space drains it."""
 
     map_type = BPF_MAP_TYPE_PERF_EVENT_ARRAY
+    type_name = "perf_event_array"
 
     def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
         super().__init__(name, key_size, value_size, max_entries)
