@@ -8,8 +8,9 @@ function starts and ends. The unwinder's rules come per FDE, so FDE ranges
 
 The FDE ranges come with the module's unwind data (harness/unwind_data.py),
 which is cached per content hash and shared with the agent that filled the
-maps for the same module: the CFI is parsed in one place only, and a module of
-an open process is not mapped a second time.
+maps for the same module: the CFI is parsed in one place only. What the
+content says (CodeIndex) is parsed once per content hash; the bytes come from
+the open process's own Module, so a module is not mapped a second time.
 """
 
 from __future__ import annotations
@@ -54,46 +55,61 @@ class Function:
         return f"{self.name}+{vaddr - self.start:#x}"
 
 
-class ElfCode:
-    """Read-only view of a module's code: bytes by virtual address, sections,
-    symbols and function bounds. Wraps an open Module; does not close it."""
+@dataclass(frozen=True)
+class CodeIndex:
+    """What a module's content says about its code, parsed once per content hash:
+    its sections, function symbols and function bounds."""
+
+    arch: str
+    sections: list[Section]
+    symbols: dict[int, tuple[str, int]]  # {address: (name, size)}
+    functions: list[Function]
+    starts: list[int]  # functions' start addresses, for bisect
+
+
+_INDEX_LIMIT = 32
+_INDEXES: dict[str, CodeIndex] = {}  # by content id, oldest first
+
+
+def code_index(module: Module) -> CodeIndex:
+    """The module's CodeIndex, parsed on first use and kept for later processes
+    (modules are immutable under their content id)."""
+    index = _INDEXES.get(module.content_id)
+    if index is None:
+        index = _IndexBuilder(module).build()
+        if len(_INDEXES) >= _INDEX_LIMIT:
+            del _INDEXES[next(iter(_INDEXES))]
+        _INDEXES[module.content_id] = index
+    return index
+
+
+class _IndexBuilder:
+    """Parses sections, symbols and function bounds out of one module."""
 
     def __init__(self, module: Module) -> None:
         self.module = module
         self.path = module.local_path
-        arch = arch_of_machine(module.machine)
+
+    def build(self) -> CodeIndex:
+        arch = arch_of_machine(self.module.machine)
         if arch is None:
-            raise HarnessError(f"{self.path}: unsupported machine {module.machine} "
+            raise HarnessError(f"{self.path}: unsupported machine {self.module.machine} "
                                "(only x86_64 and aarch64)")
-        self.arch = arch.name
         head = self._raw(0, elf.EHDR_SIZE)
         assert head is not None  # Module checked the ELF header
         self._raw_sections = self._section_headers(Ehdr.parse(head))
-        self.sections = self._sections()
-        self.symbols = self._function_symbols()
-        self.functions = self._functions()
-        self._starts = [f.start for f in self.functions]
-
-    # -------------------------------------------------------------- raw access
+        symbols = self._function_symbols()
+        functions = self._functions(symbols)
+        return CodeIndex(arch.name, self._sections(), symbols, functions,
+                         [f.start for f in functions])
 
     def _raw(self, offset: int, size: int) -> bytes | None:
         return self.module.read(offset, size)
 
-    def read(self, vaddr: int, size: int) -> bytes | None:
-        """File-backed bytes at an ELF virtual address (None outside PT_LOADs)."""
-        return self.module.read_vaddr(vaddr, size)
-
-    def code_bytes(self, start: int, end: int) -> bytes:
-        """As many bytes of [start, end) as the file holds, from start on."""
-        seg = self.module.segment_at(start)
-        if seg is None:
-            return b""
-        stop = min(end, seg.vaddr + seg.filesz)
-        return self._raw(seg.offset + start - seg.vaddr, stop - start) or b""
-
     # ---------------------------------------------------------------- sections
 
     def _section_headers(self, ehdr: Ehdr) -> list[Shdr]:
+        self._shstrndx = ehdr.shstrndx
         if not ehdr.shoff or ehdr.shentsize != elf.SHDR_SIZE or not ehdr.shnum:
             return []  # stripped of section headers: segments only
         headers = []
@@ -102,7 +118,6 @@ class ElfCode:
             if data is None:
                 return []
             headers.append(Shdr.parse(data))
-        self._shstrndx = ehdr.shstrndx
         return headers
 
     def _sections(self) -> list[Section]:
@@ -114,18 +129,6 @@ class ElfCode:
         return [Section(elf.cstring(names, sh.name) if sh.name < len(names) else "", sh.addr,
                         sh.size, sh.entsize, sh.flags, sh.type == SHT_NOBITS)
                 for sh in self._raw_sections]
-
-    def section(self, name: str) -> Section | None:
-        for s in self.sections:
-            if s.name == name:
-                return s
-        return None
-
-    def section_at(self, vaddr: int) -> Section | None:
-        for s in self.sections:
-            if s.addr and s.addr <= vaddr < s.addr + s.size and s.flags & SHF_EXECINSTR:
-                return s
-        return None
 
     def _section_data(self, index: int) -> bytes | None:
         sh = self._raw_sections[index]
@@ -158,26 +161,63 @@ class ElfCode:
 
     # ------------------------------------------------------------------- FDEs
 
-    def _fde_ranges(self) -> list[tuple[int, int]]:
+    def _functions(self, symbols: dict[int, tuple[str, int]]) -> list[Function]:
         module = self.module
-        return module_unwind_data(module.local_path, module.content_id,
-                                  cache_root()).fde_ranges
-
-    def _functions(self) -> list[Function]:
+        fde_ranges = module_unwind_data(module.local_path, module.content_id,
+                                        cache_root()).fde_ranges
         claimed: list[tuple[int, int]] = []
         functions: list[Function] = []
-        for start, end in self._fde_ranges():  # over code only; tombstones are dropped
+        for start, end in fde_ranges:  # over code only; tombstones are dropped
             if _overlaps(claimed, start, end):
                 continue  # first FDE wins, as in unwind_data
             bisect.insort(claimed, (start, end))
-            name = self.symbols.get(start, (f"fde@{start:#x}", 0))[0]
+            name = symbols.get(start, (f"fde@{start:#x}", 0))[0]
             functions.append(Function(start, end, name, "fde"))
-        for start, (name, size) in self.symbols.items():
+        for start, (name, size) in symbols.items():
             if size and not _overlaps(claimed, start, start + size):
                 bisect.insort(claimed, (start, start + size))
                 functions.append(Function(start, start + size, name, "symbol"))
         functions.sort(key=lambda f: f.start)
         return functions
+
+
+class ElfCode:
+    """Read-only view of a module's code: bytes by virtual address, sections,
+    symbols and function bounds. Wraps an open Module; does not close it."""
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        self.path = module.local_path
+        index = code_index(module)
+        self.arch = index.arch
+        self.sections = index.sections
+        self.symbols = index.symbols
+        self.functions = index.functions
+        self._starts = index.starts
+
+    def read(self, vaddr: int, size: int) -> bytes | None:
+        """File-backed bytes at an ELF virtual address (None outside PT_LOADs)."""
+        return self.module.read_vaddr(vaddr, size)
+
+    def code_bytes(self, start: int, end: int) -> bytes:
+        """As many bytes of [start, end) as the file holds, from start on."""
+        seg = self.module.segment_at(start)
+        if seg is None:
+            return b""
+        stop = min(end, seg.vaddr + seg.filesz)
+        return self.module.read(seg.offset + start - seg.vaddr, stop - start) or b""
+
+    def section(self, name: str) -> Section | None:
+        for s in self.sections:
+            if s.name == name:
+                return s
+        return None
+
+    def section_at(self, vaddr: int) -> Section | None:
+        for s in self.sections:
+            if s.addr and s.addr <= vaddr < s.addr + s.size and s.flags & SHF_EXECINSTR:
+                return s
+        return None
 
     def function_at(self, vaddr: int) -> Function | None:
         i = bisect.bisect_right(self._starts, vaddr) - 1

@@ -24,7 +24,6 @@ body, and bytes the linear sweep cannot decode end the function early.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,16 +290,19 @@ class FunctionShape:
     decoded_end: int  # linear sweep stopped here (== function end if all decoded)
 
 
-# Shapes per code model, forgotten with it.
-_SHAPES: weakref.WeakKeyDictionary[ElfCode, dict[Function, FunctionShape]] = \
-    weakref.WeakKeyDictionary()
+# Shapes by (module content, function): derived from immutable bytes, so kept
+# across processes; bounded.
+_SHAPES: dict[tuple[str, Function], FunctionShape] = {}
+_SHAPE_LIMIT = 4096
 
 
 def function_shape(code: ElfCode, function: Function) -> FunctionShape:
-    shapes = _SHAPES.setdefault(code, {})
-    shape = shapes.get(function)
+    key = (code.module.content_id, function)
+    shape = _SHAPES.get(key)
     if shape is None:
-        shape = shapes[function] = _shape(code, function)
+        if len(_SHAPES) >= _SHAPE_LIMIT:
+            _SHAPES.clear()
+        shape = _SHAPES[key] = _shape(code, function)
     return shape
 
 
