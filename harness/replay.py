@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .bpf.abi import target_regs
 from .bpf.agent import Agent
-from .bpf.bridge import TraceResult, get_unwinder
+from .bpf.bridge import TraceResult, Unwinder, get_unwinder
 from .cases.case_file import TestCase, ThreadFrames, load_case
 from .cases.store import BlobStore, store_for
 from .core.elfcore import CoreFile
@@ -77,12 +77,14 @@ def open_case(case: TestCase, store: BlobStore | None = None) -> Process:
 
 
 def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset(),
-                   reader: MemoryReader | None = None) -> ProcessResult:
-    """Unwind every thread of the process with the C unwinder.
+                   reader: MemoryReader | None = None, unwinder: Unwinder | None = None,
+                   lwp: int | None = None) -> ProcessResult:
+    """Unwind every thread of the process (or only thread `lwp`) with the C unwinder.
 
     `reader` replaces process.read as the unwinder's memory (recording wraps it
-    to learn which module files served reads)."""
-    unwinder = get_unwinder(process.arch)
+    to learn which module files served reads); `unwinder` replaces the default
+    build (coredump debug runs the unoptimised one)."""
+    unwinder = unwinder or get_unwinder(process.arch)
     agent = Agent(unwinder, process)
     agent.attach()
     read = reader or process.read
@@ -91,6 +93,8 @@ def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset
     touched: set[int] = set()
     faults: set[int] = set()
     for thread in process.threads:
+        if lwp is not None and thread.lwp != lwp:
+            continue
         trace = unwinder.unwind(target_regs(process.arch, thread.regs), process.pid,
                                 thread.lwp, read, fault_addresses)
         touched.update(f.file_id for f in trace.frames if f.file_id)

@@ -16,15 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bpf.abi import target_regs
-from ..bpf.agent import Agent
 from ..bpf.bridge import get_unwinder
 from ..bpf.build import build_unwinder
 from ..cases.store import store_for
 from ..core.elfcore import CoreFile
-from ..formatting import format_trace
 from ..paths import BPF_SRC, DEBUG_BUILD_ENV, REPO_ROOT
-from ..replay import open_case
+from ..replay import open_case, unwind_process
 from .gdb import QUIET_GDB, check_lwp, load_case_file
 
 # The program coredump debug stops in first: it starts every thread's unwind.
@@ -58,18 +55,10 @@ def replay_for_debugging(case_path: str | os.PathLike[str],
     try:
         check_lwp(lwp, [t.lwp for t in process.threads], case)
         unwinder = get_unwinder(process.arch, debug=True)
-        Agent(unwinder, process).attach()
-        names = {m.file_id: m.name for m in process.modules.values()}
+        result = unwind_process(process, frozenset(case.fault_addresses), unwinder=unwinder,
+                                lwp=lwp)
         expected = {t.lwp: t.frames for t in case.threads}
-        result = []
-        for thread in process.threads:
-            if lwp is not None and thread.lwp != lwp:
-                continue
-            trace = unwinder.unwind(target_regs(process.arch, thread.regs), process.pid,
-                                    thread.lwp, process.read, frozenset(case.fault_addresses))
-            result.append(DebugThread(thread.lwp, format_trace(trace, names),
-                                      expected.get(thread.lwp)))
-        return result
+        return [DebugThread(t.lwp, t.frames, expected.get(t.lwp)) for t in result.threads]
     finally:
         process.close()
 
