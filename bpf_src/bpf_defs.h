@@ -2,7 +2,8 @@
  *
  * Compiled with clang -target bpf, helpers are the kernel's numbered helper
  * calls and SEC() places programs and maps in the sections libbpf reads.
- * Compiled for the host, host/shim.h turns the same names into function
+ * Compiled for the host, the harness's harness_host.h (harness/bpf/host/, on
+ * the include path of the host build) turns the same names into function
  * pointers that the Python harness fills in; nothing else differs.
  */
 #ifndef UNWINDER_BPF_DEFS_H
@@ -20,6 +21,7 @@ enum bpf_map_type {
   BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4,
   BPF_MAP_TYPE_PERCPU_ARRAY = 6,
   BPF_MAP_TYPE_LPM_TRIE = 11,
+  BPF_MAP_TYPE_RINGBUF = 27,
 };
 
 /* Helper ids: their positions in the uapi's __BPF_FUNC_MAPPER list. */
@@ -33,6 +35,7 @@ enum bpf_func_id {
   BPF_FUNC_get_current_pid_tgid = 14,
   BPF_FUNC_perf_event_output = 25,
   BPF_FUNC_probe_read_user = 112,
+  BPF_FUNC_ringbuf_output = 130,
 };
 
 /* Flags stay macros: BPF_F_CURRENT_CPU does not fit the int that a C11 enum
@@ -77,12 +80,14 @@ static long (*bpf_perf_event_output)(void *ctx, void *map, u64 flags, void *data
                                      u64 size) = (void *)BPF_FUNC_perf_event_output;
 static long (*bpf_probe_read_user)(void *dst, u32 size, const void *unsafe_ptr) =
     (void *)BPF_FUNC_probe_read_user;
+static long (*bpf_ringbuf_output)(void *ringbuf, void *data, u64 size, u64 flags) =
+    (void *)BPF_FUNC_ringbuf_output;
 
 #include "kernel/debug_print.h"
 
 #else
 
-#include "host/shim.h"
+#include "harness_host.h"
 
 #endif
 

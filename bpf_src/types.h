@@ -1,9 +1,11 @@
 /* Types shared by the unwinder programs and the user-space side.
  *
- * harness/bpf/abi.py mirrors every struct and constant here (the CFA ops are
- * harness/unwind_data.py's); the host build exports their sizes (host/shim.c) so
- * a mismatch is caught when the shared object is loaded, not by a wrong unwind,
- * and tests/test_abi_constants.py checks that the constants agree.
+ * The harness reads every struct, enum and map from the build's debug info
+ * (harness/bpf/debuginfo.py): a field or constant added here reaches Python
+ * with no change there. Python names fields, not offsets; the contract it
+ * relies on is in harness/bpf/abi.py and the README ("Bring your own
+ * unwinder"). The CFA ops are produced by harness/unwind_data.py, which is
+ * checked against enum cfa_op when the unwinder is loaded.
  *
  * The target architecture is chosen by a macro, never by the compiler's own
  * target: the same file is compiled for TARGET_ARCH_X86_64 and
@@ -164,7 +166,7 @@ enum frame_flags {
 };
 
 /* Error codes of FRAME_ERROR frames. Each name, lowercased and without ERR_,
- * is the name user space prints (harness/bpf/abi.py ERROR_NAMES). */
+ * is the name user space prints (read from the debug info). */
 enum unwind_error {
   ERR_NONE = 0,
   ERR_NATIVE_PC_NOT_MAPPED = 1,         /* PC outside any known module */

@@ -8,28 +8,29 @@ frame and frames interrupted by a signal carry the exact PC.
 
 from __future__ import annotations
 
-from .bpf.abi import ERROR_NAMES, FRAME_ERROR, FRAME_NATIVE, TRACE_STATUS_ABORTED
 from .bpf.bridge import RawFrame, TraceResult
 
 
-def error_name(code: int) -> str:
-    return ERROR_NAMES.get(code, f"unknown_{code}")
-
-
 def format_frame(frame: RawFrame, names: dict[int, str]) -> str:
-    if frame.kind == FRAME_NATIVE:
+    """Kinds and error names come from the unwinder's own enums (bpf/abi.py); a kind
+    this module does not know yet prints with its name and fields rather than
+    disappearing."""
+    if frame.kind_name == "native":
         name = names.get(frame.file_id, f"<unknown file {frame.file_id:#x}>")
         return f"{name}+{frame.addr:#x}"
-    if frame.kind == FRAME_ERROR:
-        return f"<unwinding aborted due to error {error_name(frame.error)}>"
-    return f"<error unknown_frame_kind_{frame.kind}>"
+    if frame.kind_name == "error":
+        return f"<unwinding aborted due to error {frame.error_name or 'unknown'}>"
+    if frame.record is not None and frame.kind_name.startswith("unknown_frame_kind"):
+        return f"<error {frame.kind_name}>"
+    fields = "" if frame.record is None else " " + " ".join(
+        f"{k}={v:#x}" if isinstance(v, int) else f"{k}={v}"
+        for k, v in frame.record._asdict().items() if k not in ("kind", "pad"))
+    return f"<{frame.kind_name} frame{fields}>"
 
 
 def format_trace(trace: TraceResult, names: dict[int, str]) -> list[str]:
     frames = [format_frame(f, names) for f in trace.frames]
-    if trace.status == TRACE_STATUS_ABORTED and not any(
-        f.kind == FRAME_ERROR for f in trace.frames
-    ):
+    if trace.status_name == "aborted" and not any(f.kind_name == "error" for f in trace.frames):
         frames.append("<unwinding aborted due to error unknown>")
     return frames
 

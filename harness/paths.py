@@ -48,3 +48,25 @@ def tool_config(pyproject: Path = PYPROJECT) -> dict[str, Any]:
     if not isinstance(tool, dict):
         raise ConfigError(f"{pyproject}: [tool.coredump] must be a table")
     return tool
+
+
+BPF_SRC_ENV = "COREDUMP_BPF_SRC"
+
+
+def unwinder_settings(pyproject: Path = PYPROJECT) -> tuple[Path, str | None, str]:
+    """Which unwinder the harness builds: (source directory, entry program or None,
+    trace struct name).
+
+    `$COREDUMP_BPF_SRC` (what `-bpf-src DIR` sets) wins over `bpf-src` in
+    `[tool.coredump]`, which is relative to the repository; the default is bpf_src/.
+    `entry-program` and `trace-struct` come from the same table.
+    """
+    tool = tool_config(pyproject)
+    directory = os.environ.get(BPF_SRC_ENV) or tool.get("bpf-src") or BPF_SRC
+    entry = tool.get("entry-program")
+    trace_struct = tool.get("trace-struct", "trace")
+    for key, value in (("bpf-src", directory), ("entry-program", entry or ""),
+                       ("trace-struct", trace_struct)):
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{pyproject}: [tool.coredump] {key} must be a string")
+    return (REPO_ROOT / directory).resolve(), entry or None, str(trace_struct)

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bpf.abi import target_regs
 from .bpf.agent import Agent
 from .bpf.bridge import TraceResult, Unwinder, get_unwinder
 from .cases.case_file import TestCase, ThreadFrames, load_case
@@ -95,8 +94,7 @@ def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset
     for thread in process.threads:
         if lwp is not None and thread.lwp != lwp:
             continue
-        trace = unwinder.unwind(target_regs(process.arch, thread.regs), process.pid,
-                                thread.lwp, read, fault_addresses)
+        trace = unwinder.unwind(thread.regs, process.pid, thread.lwp, read, fault_addresses)
         touched.update(f.file_id for f in trace.frames if f.file_id)
         faults |= trace.faults_hit
         results.append(ThreadResult(thread.lwp, format_trace(trace, names), trace))

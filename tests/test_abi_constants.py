@@ -1,16 +1,21 @@
-"""The constants that bpf_src and Python share agree: read from the C headers
-(enums and maps.h's map definitions) and compared with the Python that uses them.
+"""The debug-info reader against a second, independent reader of the same C.
 
-A stop-gap until the layout is read from the compiled object's debug info: a
-changed or added value on one side fails here, by name, not as a wrong unwind.
+The harness learns bpf_src's enums and maps from the host build's DWARF
+(bpf/debuginfo.py). Here the header text itself is parsed with regular
+expressions and the two must agree, enum by enum and map by map, for both
+target architectures; and the constants Python still produces itself (the CFA
+ops of unwind_data, the kernel's map type numbers) agree with the C.
 """
 
 from __future__ import annotations
 
 import re
 
+import pytest
+
 from harness import unwind_data
-from harness.bpf import abi
+from harness.arch import ARCH_NAMES, ARM64
+from harness.bpf.bridge import get_unwinder
 from harness.helpers import maps
 from harness.paths import BPF_SRC
 
@@ -68,7 +73,43 @@ def test_the_headers_were_read() -> None:
             "bpf_map_type"} <= set(ENUMS)
 
 
+def test_every_enum_of_the_headers_is_in_the_debug_info() -> None:
+    """Each enum of the headers reaches the DWARF of the build for its architecture,
+    with the same values; helper ids are the kernel build's alone."""
+    layouts = {arch: get_unwinder(arch).layout for arch in ARCH_NAMES}
+    kernel_only = {"bpf_func_id"}  # the host build calls helpers by name
+    for name, values in ENUMS.items():
+        seen = {arch: layout.enums[name] for arch, layout in layouts.items()
+                if name in layout.enums}
+        if name in kernel_only:
+            assert not seen, name
+            continue
+        assert seen, f"enum {name} is in no build's debug info"
+        for arch, own in seen.items():
+            if len(seen) == 1 or own == values:
+                continue
+            # defined per architecture (arch.h): the regex merged both branches
+            assert set(own) <= set(values), (name, arch, own)
+    for layout in layouts.values():
+        assert set(layout.enums) <= set(ENUMS), "an enum only the DWARF reader saw"
+    assert layouts[ARM64].enums["sigframe_layout"] != layouts["amd64"].enums["sigframe_layout"]
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_every_map_of_maps_h_is_in_the_debug_info(arch: str) -> None:
+    layout = get_unwinder(arch).layout
+    declared = header_maps(ENUMS)
+    assert set(layout.maps) == set(declared)
+    for name, fields in declared.items():
+        decl = layout.maps[name]
+        assert decl.map_type == fields["type"], name
+        assert decl.max_entries == fields.get("max_entries", 0), name
+        assert decl.decl.startswith("bpf_src/maps.h:"), decl.decl
+
+
 def test_cfa_ops() -> None:
+    """unwind_data produces the rules, the C consumes them (also checked at load time,
+    bpf/agent.py check_cfa_ops)."""
     c = ENUMS["cfa_op"]
     python = {name: getattr(unwind_data, name) for name in dir(unwind_data)
               if name.startswith("CFA_")}
@@ -76,39 +117,14 @@ def test_cfa_ops() -> None:
     assert ENUMS["plt_layout"]["PLT_ENTRY_SIZE"] == unwind_data.PLT_ENTRY_SIZE
 
 
-def test_error_names() -> None:
+def test_error_names_come_from_the_enum() -> None:
     """Each C error's name, lowercased without ERR_, is the name Python prints."""
     c = {value: name.removeprefix("ERR_").lower()
          for name, value in ENUMS["unwind_error"].items() if name != "ERR_NONE"}
-    assert abi.ERROR_NAMES == c
+    for arch in ARCH_NAMES:
+        assert get_unwinder(arch).abi.error_names == c
 
 
-def test_frame_and_trace_constants() -> None:
-    shared = {**ENUMS["frame_kind"], **ENUMS["frame_flags"], **ENUMS["trace_status"]}
-    assert {name: getattr(abi, name) for name in shared} == shared
-
-
-def test_limits_and_key_layout() -> None:
-    limits = ENUMS["unwind_limits"]
-    assert (abi.MAX_FRAMES, abi.DELTA_PAGE_BITS) == (limits["MAX_FRAMES"],
-                                                     limits["DELTA_PAGE_BITS"])
-    bits = ENUMS["mapping_key_bits"]
-    assert (abi.MAPPING_KEY_PID_BITS, abi.MAPPING_KEY_ADDR_BITS) == (
-        bits["MAPPING_PID_BITS"], bits["MAPPING_ADDR_BITS"])
-
-
-def test_programs_in_prog_array_order() -> None:
-    progs = ENUMS["unwind_prog"]
-    assert len(abi.TAIL_CALL_PROGRAMS) == progs["NUM_PROGS"]
-    assert abi.TAIL_CALL_PROGRAMS.index("unwind_native") == progs["PROG_UNWIND_NATIVE"]
-
-
-def test_map_types_and_sizes() -> None:
+def test_kernel_map_types() -> None:
     c_types = ENUMS["bpf_map_type"]
     assert {name: getattr(maps, name) for name in c_types} == c_types
-    declared = header_maps(ENUMS)
-    assert set(declared) == set(abi.MAP_SPECS)
-    for name, (map_type, _key, _value, max_entries) in abi.MAP_SPECS.items():
-        assert declared[name]["type"] == map_type, name
-        if "max_entries" in declared[name]:  # the perf event array is sized at load time
-            assert declared[name]["max_entries"] == max_entries, name

@@ -4,7 +4,6 @@ check rejects a program the kernel must not run."""
 
 from __future__ import annotations
 
-import ctypes
 import re
 import shutil
 
@@ -13,7 +12,7 @@ import pytest
 from harness.arch import AMD64, ARCH_NAMES, ARM64
 from harness.bpf import build as bpf_build
 from harness.bpf import libbpf, verifier
-from harness.bpf.abi import MAP_SPECS, perf_event_ctx_type
+from harness.bpf.bridge import get_unwinder
 from harness.cli import main
 from harness.paths import BPF_SRC, REPO_ROOT
 
@@ -42,22 +41,29 @@ def bpf_allowed() -> None:
         pytest.skip(reason)
 
 
+def _programs(arch: str) -> list[str]:
+    return sorted(get_unwinder(arch).layout.programs)
+
+
 @pytest.mark.parametrize("arch", ARCH_NAMES)
-def test_bpf_build_has_programs_btf_and_real_map_sizes(arch: str) -> None:
+def test_bpf_build_has_the_programs_and_maps_the_host_build_declares(arch: str) -> None:
+    """Two readers of the same C agree: libbpf on the BPF object's BTF, and the
+    harness on the host build's DWARF (which is what the emulated maps are made from)."""
     _need_clang()
     _need_libbpf()
     obj = bpf_build.build_unwinder_bpf(arch)
     assert bpf_build.btf_size(obj) > 0
-    assert sorted(libbpf.program_names(str(obj))) == sorted(bpf_build.UNWINDER_PROGRAMS)
-    # Every map at its maps.h size (bpf/abi.py mirrors maps.h for the host build);
+    layout = get_unwinder(arch).layout
+    assert sorted(libbpf.program_names(str(obj))) == sorted(layout.programs)
     # libbpf sizes the perf event array by CPU count at load time.
     specs = {m.name: m for m in libbpf.map_specs(str(obj))}
-    assert set(specs) == set(MAP_SPECS)
-    for name, (map_type, key_size, value_size, max_entries) in MAP_SPECS.items():
+    assert set(specs) == set(layout.maps)
+    for name, decl in layout.maps.items():
         m = specs[name]
-        assert (m.type, m.key_size, m.value_size) == (map_type, key_size, value_size), name
-        if map_type != BPF_PERF_EVENT_ARRAY:
-            assert m.max_entries == max_entries, name
+        assert (m.type, m.key_size, m.value_size, m.flags) == (
+            decl.map_type, decl.key_size, decl.value_size, decl.flags), name
+        if decl.map_type != BPF_PERF_EVENT_ARRAY:
+            assert m.max_entries == decl.max_entries, name
     assert specs["pid_mappings"].flags == 1  # BPF_F_NO_PREALLOC, required for LPM tries
 
 
@@ -65,7 +71,7 @@ def test_bpf_build_has_programs_btf_and_real_map_sizes(arch: str) -> None:
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_unwinder_programs_pass_the_kernel_verifier(arch: str, bpf_allowed: None) -> None:
     verdicts = verifier.verify_unwinder([arch])
-    assert sorted(v.program for v in verdicts) == sorted(bpf_build.UNWINDER_PROGRAMS)
+    assert sorted(v.program for v in verdicts) == _programs(arch)
     for v in verdicts:
         assert v.verified, f"{arch} {v.program} rejected:\n" + "\n".join(v.log_tail(20))
         assert v.processed_insns and v.processed_insns > 0
@@ -95,7 +101,7 @@ def test_cli_bpf_verify_reports_counts(bpf_allowed: None,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bpf-verify", "-arch", ARM64]) == 0
     out = capsys.readouterr().out
-    for program in bpf_build.UNWINDER_PROGRAMS:
+    for program in _programs(ARM64):
         assert re.search(rf"arm64 +│ {program} +│ \S+ +│ verified +│ +\d+ │ +\d+ │ +\d+ │", out)
 
 
@@ -107,10 +113,10 @@ def test_bpf_build_cli(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_ctx_sizes_match_the_kernel_uapi() -> None:
-    """The fallback to tracepoint trusts these sizes; the mirror in bpf/abi.py of
-    struct perf_event_ctx is checked against the C build at load time."""
+    """The fallback to tracepoint trusts these sizes: the unwinder's context struct,
+    as its debug info describes it, is the kernel's struct bpf_perf_event_data."""
     for arch, size in verifier.PERF_EVENT_CTX_SIZE.items():
-        assert ctypes.sizeof(perf_event_ctx_type(arch)) == size
+        assert get_unwinder(arch).abi.context.size == size
 
 
 def test_only_the_ctx_layout_mismatch_falls_back_to_tracepoint() -> None:

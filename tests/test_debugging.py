@@ -22,7 +22,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from harness.arch import AMD64, ARM64, host_arch
-from harness.bpf.build import build_unwinder
+from harness.bpf.build import HOST_DIR, build_unwinder
 from harness.cases.store import store_for
 from harness.cli import build_parser
 from harness.debug.unwinder import debug_argv, replay_for_debugging
@@ -151,7 +151,7 @@ def test_coredump_debug_stops_steps_and_shows_unwinder_locals() -> None:
     m = re.search(r'Line (\d+) of "([^"]+)" starts at address', out)
     assert m, out
     line, source = int(m.group(1)), Path(m.group(2))
-    assert source.parent in (BPF_SRC, BPF_SRC / "host"), source
+    assert source.parent in (BPF_SRC, HOST_DIR), source
     assert f"{line}\t  {_source_line(source, line)}" in out
 
     # The unwinder's locals print: the key of the per-CPU scratch lookup.

@@ -6,7 +6,7 @@
  * static const array in .rodata rather than a copy on the 512-byte stack.
  *
  * Only the kernel build includes this file, as only the host build includes
- * host/shim.h (which has the host's DEBUG_PRINT). The UNWINDER_DEBUG switch
+ * harness_host.h (which has the host's DEBUG_PRINT). The UNWINDER_DEBUG switch
  * is the kernel build's alone, so it lives here: the top-level files keep to
  * the target-architecture and __bpf__ conditionals
  * (tests/test_bpf_verify.py, test_one_source_no_host_only_conditionals).

@@ -1,86 +1,38 @@
-"""ctypes mirror of bpf_src/types.h and maps.h: the one place Python knows the C layouts.
+"""The contract between the harness and an unwinder, read from the unwinder's build.
 
-`check_abi` compares these against the sizes the compiled shared object reports,
-so a header change that is not mirrored here fails loudly at load time, and
-tests/test_abi_constants.py compares the constants with the header's. The rule
-vocabulary (CFA_*) is unwind_data's, which produces the rules.
+Nothing here mirrors bpf_src: `Abi` takes what the object declares
+(bpf/debuginfo.py) and checks it has what the harness relies on, naming the
+struct, field or constant and where it is declared when it does not:
+
+- the entry program, and which program each prog-array slot holds: the
+  enumerator `PROG_<NAME>` gives program <name>'s slot;
+- the program context: the entry program's first parameter points to a struct
+  whose first field `regs` is the kernel's user register block;
+- the trace record the unwinder sends to user space (`struct trace` unless
+  configured): `pid`, `tid`, `num_frames`, `status` and `frames`, an array of
+  structs with `file_id`, `addr`, `kind`, `flags` and `error`;
+- names for numbers: `enum frame_kind` (FRAME_NATIVE -> "native"),
+  `enum unwind_error` (ERR_NATIVE_PC_NOT_MAPPED -> "native_pc_not_mapped"),
+  `enum frame_flags` and `enum trace_status`.
+
+The kernel's register names are facts of the kernel ABI (struct pt_regs on
+x86_64, struct user_pt_regs on arm64), so they are the one thing written here.
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Mapping
-from ctypes import c_int32, c_uint8, c_uint16, c_uint32, c_uint64
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
-from ..arch import AMD64, ARCHES
-from ..errors import BuildError
-from ..helpers.maps import (
-    BPF_MAP_TYPE_ARRAY,
-    BPF_MAP_TYPE_HASH,
-    BPF_MAP_TYPE_LPM_TRIE,
-    BPF_MAP_TYPE_PERCPU_ARRAY,
-    BPF_MAP_TYPE_PERF_EVENT_ARRAY,
-    BPF_MAP_TYPE_PROG_ARRAY,
-)
+from ..arch import AMD64
+from ..helpers.ctype import ArrayType, LayoutError, StructType
+from .debuginfo import ObjectLayout
 
-MAX_FRAMES = 512
-DELTA_PAGE_BITS = 16
-
-# struct mapping_key: the LPM trie matches prefixlen bits of (pid, address)
-MAPPING_KEY_PID_BITS = 32
-MAPPING_KEY_ADDR_BITS = 64
-
-FRAME_NATIVE = 1
-FRAME_ERROR = 2
-FRAME_FLAG_RETURN_ADDRESS = 1
-FRAME_FLAG_SIGNAL = 2
-
-TRACE_STATUS_RUNNING = 0
-TRACE_STATUS_DONE = 1
-TRACE_STATUS_ABORTED = 2
-
-# enum unwind_error of types.h: each name is the C name lowercased without ERR_.
-ERROR_NAMES: dict[int, str] = {
-    1: "native_pc_not_mapped",
-    2: "native_no_unwind_rule",
-    3: "native_read_return_address",
-    4: "native_read_frame_pointer",
-    5: "native_read_signal_frame",
-    6: "native_stale_link_register",
-    7: "native_stack_not_progressing",
-    8: "native_max_frames",
-    9: "native_map_lookup",
-    10: "native_zero_pc",
-    11: "native_tail_call",
-    12: "native_delta_search_exhausted",
-    13: "native_empty_delta_page",
-}
-
-# Program names in prog-array slot order (PROG_* in types.h).
-TAIL_CALL_PROGRAMS = ["unwind_native"]
-ENTRY_PROGRAM = "native_tracer_entry"
-
-
-class RegsAmd64(ctypes.Structure):
-    """struct pt_regs (x86_64), in NT_PRSTATUS order minus the segment tail."""
-
-    _fields_ = [
-        (name, c_uint64)
-        for name in (
-            "r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di orig_ax ip cs flags sp ss".split()
-        )
-    ]
-
-
-class RegsArm64(ctypes.Structure):
-    """struct user_pt_regs (arm64)."""
-
-    _fields_ = [("regs", c_uint64 * 31), ("sp", c_uint64), ("pc", c_uint64), ("pstate", c_uint64)]
-
-
-def regs_type(arch: str) -> type[ctypes.Structure]:
-    return RegsAmd64 if arch == AMD64 else RegsArm64
-
+DEFAULT_TRACE_STRUCT = "trace"
+TRACE_FIELDS = ("pid", "tid", "num_frames", "status", "frames")
+FRAME_FIELDS = ("file_id", "addr", "kind", "flags", "error")
 
 # NT_PRSTATUS names -> struct pt_regs field names (x86_64); the segment tail is not
 # part of the BPF context.
@@ -92,159 +44,125 @@ _AMD64_FIELDS = {
 }
 
 
-def target_regs(arch: str, regs: Mapping[str, int]) -> ctypes.Structure:
-    """The perf-event register context the kernel would hand the program, from a
-    core thread's registers (NT_PRSTATUS names)."""
-    out = regs_type(arch)()
+def target_regs(arch: str, regs: Mapping[str, int]) -> dict[str, Any]:
+    """The user register block the kernel would hand a perf-event program, as field
+    values of the kernel's struct (pt_regs / user_pt_regs), from a core thread's
+    registers (NT_PRSTATUS names)."""
     if arch == AMD64:
-        for name, field_name in _AMD64_FIELDS.items():
-            setattr(out, field_name, regs.get(name, 0))
-    else:
-        for i in range(31):
-            out.regs[i] = regs.get(f"x{i}", 0)  # type: ignore[attr-defined]
-        for name in ("sp", "pc", "pstate"):
-            setattr(out, name, regs.get(name, 0))
-    return out
+        return {field: regs.get(name, 0) for name, field in _AMD64_FIELDS.items()}
+    return {"regs": [regs.get(f"x{i}", 0) for i in range(31)],
+            **{name: regs.get(name, 0) for name in ("sp", "pc", "pstate")}}
 
 
-def perf_event_ctx_type(arch: str) -> type[ctypes.Structure]:
-    """struct perf_event_ctx for the target (its first member differs per arch)."""
-
-    class PerfEventCtx(ctypes.Structure):
-        _fields_ = [("regs", regs_type(arch)), ("sample_period", c_uint64), ("addr", c_uint64)]
-
-    return PerfEventCtx
+def _suffix_names(values: Mapping[str, int], prefix: str) -> dict[int, str]:
+    return {v: k.removeprefix(prefix).lower() for k, v in values.items()}
 
 
-class UnwindRule(ctypes.Structure):
-    _fields_ = [
-        ("cfa_op", c_uint8),
-        ("aux", c_uint8),
-        ("pad", c_uint16),
-        ("cfa_param", c_int32),
-        ("fp_offset", c_int32),
-        ("ra_offset", c_int32),
-    ]
+@dataclass(frozen=True)
+class Abi:
+    """One build of an unwinder, as the harness drives it."""
 
+    layout: ObjectLayout
+    arch: str
+    entry_setting: str | None = None
+    trace_struct_name: str = DEFAULT_TRACE_STRUCT
 
-class StackDelta(ctypes.Structure):
-    _fields_ = [("addr_low", c_uint16), ("rule", c_uint16)]
+    # -- programs
 
+    @cached_property
+    def tail_call_slots(self) -> dict[int, str]:
+        """Prog-array slot -> program, from the PROG_<NAME> enumerators."""
+        slots = {}
+        constants = self.layout.constants
+        for name in self.layout.programs:
+            slot = constants.get(f"PROG_{name.upper()}")
+            if slot is not None:
+                slots[slot] = name
+        return slots
 
-class DeltaPageKey(ctypes.Structure):
-    _fields_ = [("file_id", c_uint64), ("page", c_uint64)]
+    @cached_property
+    def entry_program(self) -> str:
+        """The program a sample starts in: configured, or the one program that no
+        prog-array slot holds."""
+        programs = self.layout.programs
+        if self.entry_setting:
+            if self.entry_setting not in programs:
+                raise LayoutError(f"{self.layout.path}: entry program {self.entry_setting!r} "
+                                  f"is not a program of the unwinder (programs: "
+                                  f"{', '.join(sorted(programs)) or 'none'})")
+            return self.entry_setting
+        candidates = sorted(set(programs) - set(self.tail_call_slots.values()))
+        if len(candidates) != 1:
+            raise LayoutError(
+                f"{self.layout.path}: cannot tell the entry program among "
+                f"{', '.join(candidates) or 'no programs'}; set entry-program in "
+                "[tool.coredump] (or give every tail-called program a PROG_<NAME> slot)")
+        return candidates[0]
 
+    @cached_property
+    def context(self) -> StructType:
+        """The entry program's context struct; its `regs` field is the register block."""
+        program = self.layout.programs[self.entry_program]
+        if program.context is None:
+            raise LayoutError(f"{program.decl}: {program.name} must take a pointer to a "
+                              "context struct (struct bpf_perf_event_data or alike)")
+        ctx = self.layout.struct(program.context)
+        if not ctx.fields or ctx.fields[0].name != "regs" or ctx.fields[0].offset != 0:
+            raise LayoutError(f"struct {ctx.describe()}: the context's first field must be "
+                              "`regs`, the user register block")
+        return ctx
 
-class DeltaPage(ctypes.Structure):
-    _fields_ = [("first", c_uint32), ("count", c_uint32)]
+    def context_bytes(self, regs: Mapping[str, int]) -> bytes:
+        """The program context for a thread with these registers (NT_PRSTATUS names)."""
+        return self.context.encode({"regs": target_regs(self.arch, regs)})
 
+    # -- traces
 
-class MappingKey(ctypes.Structure):
-    _fields_ = [("prefixlen", c_uint32), ("pid", c_uint32), ("addr_be", c_uint64)]
+    @cached_property
+    def trace_struct(self) -> StructType:
+        trace = self.layout.struct(self.trace_struct_name)
+        for name in TRACE_FIELDS:
+            trace.field(name)
+        return trace
 
+    @cached_property
+    def frames_field(self) -> ArrayType:
+        frames = self.trace_struct.field("frames").type
+        if not isinstance(frames, ArrayType) or not isinstance(frames.element, StructType):
+            raise LayoutError(f"struct {self.trace_struct.describe()}: `frames` must be an "
+                              "array of frame structs")
+        for name in FRAME_FIELDS:
+            frames.element.field(name)
+        return frames
 
-class MappingInfo(ctypes.Structure):
-    _fields_ = [("file_id", c_uint64), ("bias", c_uint64)]
+    @cached_property
+    def frame_kinds(self) -> dict[int, str]:
+        return _suffix_names(self.layout.enum("frame_kind"), "FRAME_")
 
+    @cached_property
+    def error_names(self) -> dict[int, str]:
+        """Error code -> the name printed in frames: the enumerator without ERR_, lowercased."""
+        return {k: v for k, v in _suffix_names(self.layout.enum("unwind_error"), "ERR_").items()
+                if k != 0}
 
-class UnwinderConfig(ctypes.Structure):
-    _fields_ = [("ra_mask", c_uint64)]
+    @cached_property
+    def frame_flags(self) -> dict[str, int]:
+        """Flag name (FRAME_FLAG_SIGNAL -> "signal") -> bit."""
+        values = self.layout.enums.get("frame_flags", {})
+        return {k.removeprefix("FRAME_FLAG_").lower(): v for k, v in values.items()}
 
+    @cached_property
+    def trace_statuses(self) -> dict[int, str]:
+        return _suffix_names(self.layout.enum("trace_status"), "TRACE_STATUS_")
 
-class Frame(ctypes.Structure):
-    _fields_ = [
-        ("file_id", c_uint64),
-        ("addr", c_uint64),
-        ("cfa", c_uint64),
-        ("error", c_uint16),
-        ("kind", c_uint8),
-        ("flags", c_uint8),
-        ("pad", c_uint32),
-    ]
+    def error_name(self, code: int) -> str:
+        return self.error_names.get(code, f"unknown_{code}")
 
-
-class Trace(ctypes.Structure):
-    _fields_ = [
-        ("pid", c_uint32),
-        ("tid", c_uint32),
-        ("num_frames", c_uint32),
-        ("status", c_uint32),
-        ("frames", Frame * MAX_FRAMES),
-    ]
-
-
-class UnwindState(ctypes.Structure):
-    _fields_ = [
-        ("pc", c_uint64),
-        ("sp", c_uint64),
-        ("fp", c_uint64),
-        ("lr", c_uint64),
-        ("lr_valid", c_uint8),
-        ("return_address", c_uint8),
-        ("signal_frame", c_uint8),
-        ("pad", c_uint8 * 5),
-    ]
-
-
-class UnwindScratch(ctypes.Structure):
-    _fields_ = [("state", UnwindState), ("trace", Trace)]
-
-
-# Every map of bpf_src/maps.h: name -> (map type, key size, value size, max_entries).
-# Prog and perf-event arrays map u32 -> u32 as the kernel requires.
-U32 = 4  # key size of array maps, value size of prog and perf-event arrays
-MAP_SPECS: dict[str, tuple[int, int, int, int]] = {
-    "pid_mappings": (BPF_MAP_TYPE_LPM_TRIE, ctypes.sizeof(MappingKey),
-                     ctypes.sizeof(MappingInfo), 65536),
-    "delta_pages": (BPF_MAP_TYPE_HASH, ctypes.sizeof(DeltaPageKey), ctypes.sizeof(DeltaPage),
-                    65536),
-    "stack_deltas": (BPF_MAP_TYPE_ARRAY, U32, ctypes.sizeof(StackDelta), 1 << 22),
-    "unwind_rules": (BPF_MAP_TYPE_ARRAY, U32, ctypes.sizeof(UnwindRule), 65536),
-    "unwinder_config": (BPF_MAP_TYPE_ARRAY, U32, ctypes.sizeof(UnwinderConfig), 1),
-    "unwind_scratch": (BPF_MAP_TYPE_PERCPU_ARRAY, U32, ctypes.sizeof(UnwindScratch), 1),
-    "unwind_progs": (BPF_MAP_TYPE_PROG_ARRAY, U32, U32, 1),
-    "trace_events": (BPF_MAP_TYPE_PERF_EVENT_ARRAY, U32, U32, 1),
-}
-
-
-def expected_abi(arch: str) -> dict[str, int]:
-    """The values host/shim.c's harness_abi() reports, named, in its order."""
-    return {
-        "sizeof(struct target_regs)": ctypes.sizeof(regs_type(arch)),
-        "sizeof(struct perf_event_ctx)": ctypes.sizeof(perf_event_ctx_type(arch)),
-        "sizeof(struct unwind_rule)": ctypes.sizeof(UnwindRule),
-        "sizeof(struct stack_delta)": ctypes.sizeof(StackDelta),
-        "sizeof(struct delta_page_key)": ctypes.sizeof(DeltaPageKey),
-        "sizeof(struct delta_page)": ctypes.sizeof(DeltaPage),
-        "sizeof(struct mapping_key)": ctypes.sizeof(MappingKey),
-        "sizeof(struct mapping_info)": ctypes.sizeof(MappingInfo),
-        "sizeof(struct unwinder_config)": ctypes.sizeof(UnwinderConfig),
-        "sizeof(struct frame)": ctypes.sizeof(Frame),
-        "sizeof(struct trace)": ctypes.sizeof(Trace),
-        "offsetof(struct trace, frames)": Trace.frames.offset,
-        "sizeof(struct unwind_scratch)": ctypes.sizeof(UnwindScratch),
-        "MAX_FRAMES": MAX_FRAMES,
-        "DELTA_PAGE_BITS": DELTA_PAGE_BITS,
-        "e_machine of the target": ARCHES[arch].elf_machine,
-    }
-
-
-def check_abi(lib: ctypes.CDLL, arch: str, path: str) -> None:
-    """Raise BuildError if the shared object disagrees with this mirror."""
-    values = ctypes.POINTER(c_uint64)()
-    fn = lib.harness_abi
-    fn.restype = c_uint32
-    fn.argtypes = [ctypes.POINTER(ctypes.POINTER(c_uint64))]
-    count = fn(ctypes.byref(values))
-    actual = [values[i] for i in range(count)]
-    expected = expected_abi(arch)
-    if actual == list(expected.values()):
-        return
-    if len(actual) != len(expected):
-        detail = f"C reports {len(actual)} values, Python expects {len(expected)}"
-    else:
-        detail = "; ".join(f"{name}: C {got}, Python {want}"
-                           for (name, want), got in zip(expected.items(), actual, strict=True)
-                           if got != want)
-    raise BuildError(f"{path}: bpf_src/types.h and harness/bpf/abi.py disagree ({detail}); "
-                     "update the mirror")
+    def check(self) -> None:
+        """Raise LayoutError now for anything the harness will need, not mid-replay."""
+        for attr in ("entry_program", "context", "trace_struct", "frames_field", "frame_kinds",
+                     "error_names", "trace_statuses"):
+            getattr(self, attr)
+        if "native" not in self.frame_kinds.values() or "error" not in self.frame_kinds.values():
+            raise LayoutError(f"{self.layout.path}: enum frame_kind must define FRAME_NATIVE "
+                              "and FRAME_ERROR")

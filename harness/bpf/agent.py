@@ -9,42 +9,46 @@ module, so a case only pays for the modules its stacks touch.
 
 from __future__ import annotations
 
-import ctypes
-import struct
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from .. import unwind_data
 from ..arch import ARM64, U64_MASK
 from ..core.module import Module
 from ..core.process import Process
 from ..errors import HarnessError
-from ..helpers import ArrayMap, HashMap, LpmTrieMap
+from ..helpers import ArrayMap, BpfMap, HashMap, LpmTrieMap
+from ..helpers.ctype import LayoutError, StructType
 from ..paths import cache_root
 from ..unwind_data import FRAME_POINTER_RULE, UnwindRule, module_unwind_data
-from . import abi
-from .abi import DELTA_PAGE_BITS
 from .bridge import Unwinder
 
-_PAGE_KEY = struct.Struct("<QQ")
-_M = TypeVar("_M")
+_M = TypeVar("_M", bound=BpfMap)
+
+# The maps the agent fills, by name. An unwinder declares the ones it uses: the
+# memory map always, the three stack-delta maps together or not at all.
+MAPPINGS_MAP = "pid_mappings"
+DELTA_MAPS = ("delta_pages", "stack_deltas", "unwind_rules")
+CONFIG_MAP = "unwinder_config"
 
 
-def address_prefixes(start: int, end: int) -> Iterator[tuple[int, int]]:
-    """Split [start, end) into aligned blocks: (block start, prefix bits of a u64)."""
+def address_prefixes(start: int, end: int, addr_bits: int = 64) -> Iterator[tuple[int, int]]:
+    """Split [start, end) into aligned blocks: (block start, prefix bits of the address)."""
     while start < end:
-        size = start & -start if start else 1 << 64
+        size = start & -start if start else 1 << addr_bits
         while size > end - start:
             size >>= 1
-        yield start, abi.MAPPING_KEY_ADDR_BITS - (size.bit_length() - 1)
+        yield start, addr_bits - (size.bit_length() - 1)
         start += size
 
 
 @dataclass
 class _PackedModule:
     deltas: bytes                       # struct stack_delta entries, rule indices resolved
+    count: int                          # number of entries in deltas
     pages: list[tuple[int, int, int]]   # (page, first delta relative to the module, count)
 
 
@@ -65,8 +69,19 @@ def _shared_tables(unwinder: Unwinder) -> _SharedTables:
     return _TABLES.setdefault(id(unwinder), _SharedTables())
 
 
+def check_cfa_ops(unwinder: Unwinder) -> None:
+    """unwind_data produces the rules; the unwinder's enum cfa_op must mean the same."""
+    c_ops = unwinder.layout.enum("cfa_op")
+    python = {name: getattr(unwind_data, name) for name in dir(unwind_data)
+              if name.startswith("CFA_")}
+    if c_ops != python:
+        diff = sorted(set(c_ops.items()) ^ set(python.items()))
+        raise LayoutError(f"{unwinder.layout.path}: enum cfa_op and harness/unwind_data.py's "
+                          f"CFA_* constants differ: {diff}")
+
+
 class Agent:
-    """Fills an Unwinder's maps for one Process."""
+    """Fills an Unwinder's maps for one Process, by map and field name."""
 
     def __init__(self, unwinder: Unwinder, process: Process,
                  cache_dir: str | Path | None = None) -> None:
@@ -78,21 +93,47 @@ class Agent:
         self._tables = _shared_tables(unwinder)
         self._next_delta = 0
 
-        self._mappings = self._map("pid_mappings", LpmTrieMap)
-        self._pages = self._map("delta_pages", HashMap)
-        self._deltas = self._map("stack_deltas", ArrayMap)
-        self._rules = self._map("unwind_rules", ArrayMap)
-        self._config = self._map("unwinder_config", ArrayMap)
+        self._mappings = self._map(MAPPINGS_MAP, LpmTrieMap)
+        key = self._struct(self._mappings, "key")
+        self._pid_bits = 8 * key.field("pid").type.size
+        self._addr_bits = 8 * key.field("addr_be").type.size
+        self._config = self._map(CONFIG_MAP, ArrayMap) if CONFIG_MAP in unwinder.maps else None
+        declared = [name for name in DELTA_MAPS if name in unwinder.maps]
+        self.has_deltas = bool(declared)
+        if self.has_deltas:
+            missing = sorted(set(DELTA_MAPS) - set(declared))
+            if missing:
+                raise LayoutError(f"{unwinder.layout.path}: the stack-delta maps come as a set "
+                                  f"({', '.join(DELTA_MAPS)}); missing {', '.join(missing)}")
+            check_cfa_ops(unwinder)
+            self._pages = self._map("delta_pages", HashMap)
+            self._deltas = self._map("stack_deltas", ArrayMap)
+            self._rules = self._map("unwind_rules", ArrayMap)
+            self._page_bits = unwinder.layout.constant("DELTA_PAGE_BITS")
+            self._delta_packer = self._struct(self._deltas, "value").packer(("addr_low", "rule"))
 
     def _map(self, name: str, kind: type[_M]) -> _M:
-        bpf_map = self.unwinder.maps[name]
-        assert isinstance(bpf_map, kind), f"{name} is a {type(bpf_map).__name__}"
+        bpf_map = self.unwinder.maps.get(name)
+        if bpf_map is None:
+            self.unwinder.layout.map(name)  # raises, naming what is declared
+            raise AssertionError(name)
+        if not isinstance(bpf_map, kind):
+            raise LayoutError(f"{bpf_map.describe()}: the agent fills it as a "
+                              f"{kind.type_name} map; it is declared as a {bpf_map.type_name}")
         return bpf_map
+
+    def _struct(self, bpf_map: BpfMap, which: str) -> StructType:
+        found = bpf_map.key_type if which == "key" else bpf_map.value_type
+        if not isinstance(found, StructType):
+            raise LayoutError(f"{bpf_map.describe()}: its {which} must be a struct "
+                              f"(__type({which}, struct ...))")
+        return found
 
     def attach(self) -> None:
         """Reset the unwinder and describe this process to it."""
         self.unwinder.reset()
-        if self._tables.rule_bytes:  # rules interned for earlier processes keep their index
+        if self.has_deltas and self._tables.rule_bytes:
+            # rules interned for earlier processes keep their index
             self._rules.write(0, bytes(self._tables.rule_bytes))
         self._write_config()
         for mapping in self.process.mappings:
@@ -100,27 +141,32 @@ class Agent:
                 self.modules_by_file_id[mapping.module.file_id] = mapping.module
                 self._add_mapping(mapping.start, mapping.end, mapping.module.file_id,
                                   mapping.bias)
-        self._pages.on_miss = self._on_page_miss
+        if self.has_deltas:
+            self._pages.on_miss = self._on_page_miss
 
     def _write_config(self) -> None:
-        config = abi.UnwinderConfig(ra_mask=0)
+        if self._config is None:
+            return
+        ra_mask = 0
         if self.process.arch == ARM64:
             masks = {t.pac_mask for t in self.process.threads if t.pac_mask}
             if masks:
-                config.ra_mask = ~max(masks) & U64_MASK
-        self._config.write(0, bytes(config))
+                ra_mask = ~max(masks) & U64_MASK
+        self._config.update_value(0, {"ra_mask": ra_mask})
 
     def _add_mapping(self, start: int, end: int, file_id: int, bias: int) -> None:
-        value = bytes(abi.MappingInfo(file_id, bias & U64_MASK))
-        for block, bits in address_prefixes(start, end):
+        value = {"file_id": file_id, "bias": bias & U64_MASK}
+        byte_count = self._addr_bits // 8
+        for block, bits in address_prefixes(start, end, self._addr_bits):
             # the pid's bits always match; the address is stored big-endian (types.h)
-            key = abi.MappingKey(abi.MAPPING_KEY_PID_BITS + bits, self.process.pid,
-                                 int.from_bytes(block.to_bytes(8, "big"), "little"))
-            if self._mappings.update(bytes(key), value) != 0:
-                raise HarnessError(f"pid_mappings is full ({self._mappings.max_entries} entries)")
+            key = {"prefixlen": self._pid_bits + bits, "pid": self.process.pid,
+                   "addr_be": int.from_bytes(block.to_bytes(byte_count, "big"), "little")}
+            if self._mappings.update_value(key, value) != 0:
+                raise HarnessError(f"{MAPPINGS_MAP} is full ({self._mappings.max_entries} "
+                                   "entries)")
 
     def _on_page_miss(self, key: bytes) -> None:
-        file_id, _ = _PAGE_KEY.unpack(key)
+        file_id = self._pages.decode_key(key).file_id
         module = self.modules_by_file_id.get(file_id)
         if module is None or file_id in self.loaded_file_ids:
             return
@@ -133,8 +179,9 @@ class Agent:
             index = len(self._tables.rules)
             if index >= self._rules.max_entries:
                 raise HarnessError("unwind_rules is full")
-            c_rule = bytes(abi.UnwindRule(rule.cfa_op, rule.aux, 0, rule.cfa_param,
-                                              rule.fp_offset, rule.ra_offset))
+            c_rule = self._rules.encode_value(
+                {"cfa_op": rule.cfa_op, "aux": rule.aux, "cfa_param": rule.cfa_param,
+                 "fp_offset": rule.fp_offset, "ra_offset": rule.ra_offset})
             self._rules.write(index, c_rule)
             self._tables.rules[rule] = index
             self._tables.rule_bytes += c_rule
@@ -147,37 +194,38 @@ class Agent:
             return packed
         deltas = module_unwind_data(module.local_path, module.content_id, self.cache_dir).deltas
         rule_ids = {rule: self._rule(rule) for rule in {r for _, r in deltas}}
-        page_mask = (1 << DELTA_PAGE_BITS) - 1
-        flat = array("H")
+        bits = self._page_bits
+        page_mask = (1 << bits) - 1
+        flat = array("Q")
         pages: list[tuple[int, int, int]] = []
         if deltas:
             current = self._rule(FRAME_POINTER_RULE)  # before a module's first FDE
             i = 0
-            for page in range(deltas[0][0] >> DELTA_PAGE_BITS,
-                              (deltas[-1][0] >> DELTA_PAGE_BITS) + 1):
+            for page in range(deltas[0][0] >> bits, (deltas[-1][0] >> bits) + 1):
                 first = len(flat) // 2
-                if deltas[i][0] != page << DELTA_PAGE_BITS:
+                if deltas[i][0] != page << bits:
                     flat.extend((0, current))  # rule in force at the page start
-                while i < len(deltas) and deltas[i][0] >> DELTA_PAGE_BITS == page:
+                while i < len(deltas) and deltas[i][0] >> bits == page:
                     current = rule_ids[deltas[i][1]]
                     flat.extend((deltas[i][0] & page_mask, current))
                     i += 1
                 pages.append((page, first, len(flat) // 2 - first))
-        packed = _PackedModule(flat.tobytes(), pages)
+        packed = _PackedModule(self._delta_packer.pack(flat), len(flat) // 2, pages)
         self._tables.modules[module.content_id] = packed
         return packed
 
     def load_module_deltas(self, module: Module) -> int:
         """Write a module's stack deltas into the maps; returns the number of deltas."""
+        if not self.has_deltas:
+            return 0
         packed = self._pack(module)
         if not packed.pages:
             return 0  # no unwind data: the unwinder falls back to frame pointers
         base = self._next_delta
         for page, first, count in packed.pages:
-            page_value = bytes(abi.DeltaPage(base + first, count))
-            if self._pages.update(_PAGE_KEY.pack(module.file_id, page), page_value) != 0:
+            if self._pages.update_value({"file_id": module.file_id, "page": page},
+                                        {"first": base + first, "count": count}) != 0:
                 raise HarnessError(f"delta_pages is full ({self._pages.max_entries} pages)")
-        count = len(packed.deltas) // ctypes.sizeof(abi.StackDelta)
         self._deltas.write(base, packed.deltas)
-        self._next_delta += count
-        return count
+        self._next_delta += packed.count
+        return packed.count

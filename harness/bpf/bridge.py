@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Mapping
 from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_void_p
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import HarnessError
 from ..helpers import (
@@ -27,17 +29,18 @@ from ..helpers import (
     make_helpers,
 )
 from ..helpers.bpf_helpers import MemoryReader
+from ..helpers.ctype import LayoutError
 from ..paths import debug_build_requested
-from . import abi
-from .abi import ENTRY_PROGRAM, MAP_SPECS, TAIL_CALL_PROGRAMS, Trace, check_abi
-from .build import build_unwinder
+from .abi import Abi
+from .build import UnwinderSource, build_unwinder, default_source
+from .debuginfo import MapDecl, read_layout
 
 trace_log = logging.getLogger("harness.bpf.trace")
 _LOG_FN = CFUNCTYPE(None, c_char_p)
 
 
 def _debug_print(message: bytes | None) -> None:
-    """host/shim.c's harness_log: one formatted DEBUG_PRINT message."""
+    """harness_host.c's harness_log: one formatted DEBUG_PRINT message."""
     trace_log.debug("%s", (message or b"").decode(errors="replace"))
 
 
@@ -47,7 +50,9 @@ _DEBUG_PRINT_ADDR = ctypes.cast(_DEBUG_PRINT, c_void_p).value
 
 @dataclass(frozen=True)
 class RawFrame:
-    """One frame as the C code recorded it."""
+    """One frame as the C code recorded it: the fields the harness relies on, their
+    names from the unwinder's enums, and the whole record (every field of the C
+    struct, as a named tuple) for anything else."""
 
     file_id: int
     addr: int
@@ -55,6 +60,10 @@ class RawFrame:
     kind: int
     flags: int
     error: int
+    kind_name: str = "native"   # enum frame_kind without FRAME_, lowercased
+    error_name: str = ""        # enum unwind_error without ERR_, lowercased (error frames)
+    signal: bool = False        # FRAME_FLAG_SIGNAL: the frame was interrupted by a signal
+    record: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -67,29 +76,44 @@ class TraceResult:
     reads: int = 0
     failed_reads: int = 0
     faults_hit: set[int] = field(default_factory=set)
+    status_name: str = ""
+    record: Any = None  # the trace header's other fields, by name
+
+
+def _create_map(decl: MapDecl) -> BpfMap:
+    cls = MAP_CLASSES.get(decl.map_type)
+    if cls is None:
+        known = ", ".join(f"{c.type_name} ({t})" for t, c in sorted(MAP_CLASSES.items()))
+        raise LayoutError(f"{decl.decl}: map {decl.name} has type {decl.map_type}, which the "
+                          f"harness does not implement (it implements {known})")
+    bpf_map = cls(decl.name, decl.key_size, decl.value_size, decl.max_entries)
+    bpf_map.key_type, bpf_map.value_type, bpf_map.decl = decl.key, decl.value, decl.decl
+    return bpf_map
 
 
 class Unwinder:
-    """The unwinder shared object for one target architecture, with its maps and helpers."""
+    """One build of an unwinder for one target architecture, with its maps and
+    helpers, all created from what the build declares (bpf/abi.py)."""
 
-    def __init__(self, arch: str, debug: bool = False) -> None:
+    def __init__(self, arch: str, debug: bool = False,
+                 source: UnwinderSource | None = None) -> None:
         self.arch = arch
         self.debug = debug
-        self.path = build_unwinder(arch, debug)
+        self.source = source or default_source()
+        self.path = build_unwinder(arch, debug, self.source)
+        self.layout = read_layout(self.path, self.source.directory)
+        self.abi = Abi(self.layout, arch, self.source.entry_program, self.source.trace_struct)
+        self.abi.check()
         self.lib = ctypes.CDLL(str(self.path))
-        check_abi(self.lib, arch, str(self.path))
 
         self.maps: dict[str, BpfMap] = {}
         maps_by_addr: dict[int, BpfMap] = {}
-        for name, (map_type, key_size, value_size, max_entries) in MAP_SPECS.items():
-            bpf_map = MAP_CLASSES[map_type](name, key_size, value_size, max_entries)
-            self.maps[name] = bpf_map
+        for name, decl in self.layout.maps.items():
+            bpf_map = self.maps[name] = _create_map(decl)
             maps_by_addr[ctypes.addressof(ctypes.c_char.in_dll(self.lib, name))] = bpf_map
-
-        progs = self.maps["unwind_progs"]
-        assert isinstance(progs, ProgArrayMap)
-        for slot, prog_name in enumerate(TAIL_CALL_PROGRAMS):
-            progs.programs[slot] = self._symbol_addr(prog_name)
+        for bpf_map in self.maps.values():
+            if isinstance(bpf_map, ProgArrayMap):
+                self._install_programs(bpf_map)
 
         self.env = HelperEnv(maps_by_addr)
         self._callbacks = make_helpers(self.env)  # referenced here so they are never freed
@@ -97,11 +121,18 @@ class Unwinder:
             c_void_p.in_dll(self.lib, symbol).value = ctypes.cast(callback, c_void_p).value
 
         self._log_slot = c_void_p.in_dll(self.lib, "harness_log")
-        self._entry = self._symbol_addr(ENTRY_PROGRAM)
+        self._entry = self._symbol_addr(self.abi.entry_program)
         self._run = self.lib.harness_run_program
         self._run.argtypes = [c_void_p, c_void_p, POINTER(c_int)]
         self._run.restype = c_int
-        self._ctx_type = abi.perf_event_ctx_type(arch)
+        self._frame_names = self._frame_decoder()
+
+    def _install_programs(self, progs: ProgArrayMap) -> None:
+        for slot, program in self.abi.tail_call_slots.items():
+            if not 0 <= slot < progs.max_entries:
+                raise LayoutError(f"{progs.describe()}: PROG_{program.upper()} = {slot} is "
+                                  f"outside its {progs.max_entries} slots")
+            progs.programs[slot] = self._symbol_addr(program)
 
     def _symbol_addr(self, name: str) -> int:
         addr = ctypes.cast(getattr(self.lib, name), c_void_p).value
@@ -109,14 +140,21 @@ class Unwinder:
             raise HarnessError(f"{self.path}: program {name} not found")
         return addr
 
+    def _frame_decoder(self) -> tuple[dict[int, str], dict[int, str], int, bool]:
+        abi = self.abi
+        frame_type = abi.frames_field.element
+        has_cfa = frame_type.has_field("cfa")  # type: ignore[attr-defined]
+        return abi.frame_kinds, abi.error_names, abi.frame_flags.get("signal", 0), has_cfa
+
     def reset(self) -> None:
         """Forget everything about the previous process."""
         for bpf_map in self.maps.values():
             bpf_map.clear()
 
-    def unwind(self, regs: ctypes.Structure, pid: int, tid: int, read_memory: MemoryReader,
+    def unwind(self, regs: Mapping[str, int], pid: int, tid: int, read_memory: MemoryReader,
                fault_addresses: frozenset[int] = frozenset()) -> TraceResult:
-        """Run native_tracer_entry as if a perf event interrupted thread `tid` with `regs`."""
+        """Run the entry program as if a perf event interrupted thread `tid` with `regs`
+        (a core thread's registers, NT_PRSTATUS names)."""
         env = self.env
         env.read_memory = read_memory
         env.pid, env.tid = pid, tid
@@ -127,36 +165,54 @@ class Unwinder:
 
         self._log_slot.value = _DEBUG_PRINT_ADDR if trace_log.isEnabledFor(logging.DEBUG) \
             else None
-        ctx = self._ctx_type()
-        ctx.regs = regs
+        ctx = ctypes.create_string_buffer(self.abi.context_bytes(regs))
         tail_calls = c_int(0)
         self._run(self._entry, ctypes.addressof(ctx), ctypes.byref(tail_calls))
         if env.errors:
             raise HarnessError("a BPF helper failed while unwinding thread "
                                f"{tid}: " + "; ".join(env.errors))
 
-        events = self.maps["trace_events"]
-        assert isinstance(events, PerfEventArrayMap)
-        records = events.drain()
+        records = [r for m in self.maps.values() if isinstance(m, PerfEventArrayMap)
+                   for r in m.drain()]
         if len(records) != 1:
             raise HarnessError(f"the unwinder sent {len(records)} traces for thread {tid}, not 1")
-        trace = Trace.from_buffer_copy(records[0].ljust(ctypes.sizeof(Trace), b"\0"))
-        frames = [
-            RawFrame(f.file_id, f.addr, f.cfa, f.kind, f.flags, f.error)
-            for f in trace.frames[: min(trace.num_frames, abi.MAX_FRAMES)]
-        ]
-        return TraceResult(trace.pid, trace.tid, trace.status, frames, tail_calls.value,
-                           env.reads, env.failed_reads, set(env.faults_hit))
+        result = self.decode_trace(records[0])
+        result.tail_calls = tail_calls.value
+        result.reads, result.failed_reads = env.reads, env.failed_reads
+        result.faults_hit = set(env.faults_hit)
+        return result
+
+    def decode_trace(self, record: bytes) -> TraceResult:
+        """A trace record as the unwinder sent it, decoded through its declared types."""
+        abi = self.abi
+        trace_type = abi.trace_struct
+        header = {f.name: f.type.decode(record, f.offset) for f in trace_type.fields
+                  if f.name != "frames"}
+        frames_offset = trace_type.field("frames").offset
+        kinds, errors, signal_bit, has_cfa = self._frame_names
+        frames = []
+        for f in abi.frames_field.decode_prefix(record, frames_offset, header["num_frames"]):
+            kind_name = kinds.get(f.kind, f"unknown_frame_kind_{f.kind}")
+            frames.append(RawFrame(
+                f.file_id, f.addr, f.cfa if has_cfa else 0, f.kind, f.flags, f.error,
+                kind_name, errors.get(f.error, f"unknown_{f.error}") if f.error else "",
+                bool(f.flags & signal_bit), f))
+        return TraceResult(header["pid"], header["tid"], header["status"], frames,
+                           status_name=abi.trace_statuses.get(header["status"], ""),
+                           record=header)
 
 
-_UNWINDERS: dict[tuple[str, bool], Unwinder] = {}
+_UNWINDERS: dict[tuple[str, bool, UnwinderSource], Unwinder] = {}
 
 
-def get_unwinder(arch: str, debug: bool | None = None) -> Unwinder:
-    """The process-wide unwinder for `arch` (built on first use)."""
+def get_unwinder(arch: str, debug: bool | None = None,
+                 source: UnwinderSource | None = None) -> Unwinder:
+    """The process-wide unwinder for `arch` (built on first use), of the configured
+    sources unless `source` names others."""
     if debug is None:
         debug = debug_build_requested()
-    key = (arch, debug)
+    source = source or default_source()
+    key = (arch, debug, source)
     if key not in _UNWINDERS:
-        _UNWINDERS[key] = Unwinder(arch, debug)
+        _UNWINDERS[key] = Unwinder(arch, debug, source)
     return _UNWINDERS[key]

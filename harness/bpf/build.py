@@ -15,18 +15,48 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-from elftools.elf.elffile import ELFFile
 
 from ..arch import ARCH_NAMES, get_arch
 from ..errors import BuildError
 from ..files import atomic_path
-from ..paths import BPF_SRC, cache_root, debug_build_requested
+from ..paths import cache_root, debug_build_requested, unwinder_settings
 
-HOST_SOURCES = ["native_stack.c", "host/shim.c"]
-UNWINDER_SOURCE = BPF_SRC / "native_stack.c"
-UNWINDER_PROGRAMS = ("native_tracer_entry", "unwind_native")
+# The harness's side of every host build: helper pointers, tail calls, debug prints.
+HOST_DIR = Path(__file__).resolve().parent / "host"
+HOST_SOURCE = HOST_DIR / "harness_host.c"
+
+
+@dataclass(frozen=True)
+class UnwinderSource:
+    """An unwinder's sources: one directory whose one top-level .c file is the
+    translation unit (headers anywhere beneath), as most BPF unwinders are built."""
+
+    directory: Path
+    entry_program: str | None = None
+    trace_struct: str = "trace"
+
+    @property
+    def main_file(self) -> Path:
+        if not self.directory.is_dir():
+            raise BuildError(f"unwinder sources: {self.directory} is not a directory")
+        files = sorted(self.directory.glob("*.c"))
+        if len(files) != 1:
+            found = ", ".join(f.name for f in files) or "none"
+            raise BuildError(f"unwinder sources: {self.directory} must hold exactly one .c "
+                             f"file at its top level (the translation unit); found {found}")
+        return files[0]
+
+    @property
+    def label(self) -> str:
+        return self.directory.name
+
+
+def default_source() -> UnwinderSource:
+    """The configured unwinder (bpf_src/ unless -bpf-src or [tool.coredump] say otherwise)."""
+    directory, entry, trace_struct = unwinder_settings()
+    return UnwinderSource(directory, entry, trace_struct)
 
 RELEASE_FLAGS = ["-O2", "-g"]
 # For single-stepping the BPF C code in gdb (`coredump debug`): no optimisation
@@ -74,13 +104,15 @@ def arch_flags(arch: str) -> list[str]:
 
 def cached_compile(*, kind: str, label: str, cc: str, flags: Sequence[str],
                    source_dir: Path, output: str, command: Callable[[Path], list[str]],
-                   check: Callable[[Path], str | None] | None = None) -> Path:
+                   check: Callable[[Path], str | None] | None = None,
+                   extra_dirs: Sequence[Path] = ()) -> Path:
     """Run a compile into the cache (<cache>/<kind>/<label>-<key>/<output>) unless
     its output is there already.
 
     `command(tmp)` gives the argv that writes the output to tmp; `check(tmp)`
     may return a reason to reject what it wrote. The key hashes the compiler's
-    version, the flags, the output name and every C file under source_dir.
+    version, the flags, the output name and every C file under source_dir (and
+    under extra_dirs).
     """
     digest = hashlib.sha256()
     digest.update(compiler_version(cc).encode())
@@ -89,9 +121,10 @@ def cached_compile(*, kind: str, label: str, cc: str, flags: Sequence[str],
     files = sorted(source_dir.rglob("*.[ch]"))
     if not files:
         raise BuildError(f"no C sources under {source_dir}")
-    for path in files:
-        digest.update(str(path.relative_to(source_dir)).encode())
-        digest.update(path.read_bytes())
+    for root in (source_dir, *extra_dirs):
+        for path in sorted(root.rglob("*.[ch]")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
     out = cache_root() / kind / f"{label}-{digest.hexdigest()[:16]}" / output
     if out.exists():
         return out
@@ -111,21 +144,29 @@ def host_flags(arch: str, debug: bool) -> list[str]:
     return COMMON_FLAGS + (DEBUG_FLAGS if debug else RELEASE_FLAGS) + arch_flags(arch)
 
 
-def build_unwinder(arch: str, debug: bool | None = None) -> Path:
-    """The unwinder shared object for `arch` (host build), built if needed."""
+def build_unwinder(arch: str, debug: bool | None = None,
+                   source: UnwinderSource | None = None) -> Path:
+    """The unwinder shared object for `arch` (host build), built if needed: the
+    unwinder's translation unit and the harness's host glue in one object, with
+    debug info (the harness reads the unwinder's layout from it)."""
     if debug is None:
         debug = debug_build_requested()
+    source = source or default_source()
     cc = compiler()
-    flags = host_flags(arch, debug)
+    flags = [*host_flags(arch, debug), f"-I{HOST_DIR}"]
     flavor = "debug" if debug else "release"
-    sources = [str(BPF_SRC / s) for s in HOST_SOURCES]
-    return cached_compile(kind="build", label=f"{arch}-{flavor}", cc=cc, flags=flags,
-                          source_dir=BPF_SRC, output="unwinder.so",
+    sources = [str(source.main_file), str(HOST_SOURCE)]
+    label = f"{arch}-{flavor}" if source.label == "bpf_src" else f"{source.label}-{arch}-{flavor}"
+    return cached_compile(kind="build", label=label, cc=cc, flags=flags,
+                          source_dir=source.directory, output="unwinder.so",
+                          extra_dirs=[HOST_DIR],
                           command=lambda tmp: [cc, *flags, "-o", str(tmp), *sources])
 
 
 def btf_size(obj: Path) -> int:
     """Size of the object's .BTF section (0 if it has none)."""
+    from elftools.elf.elffile import ELFFile
+
     with open(obj, "rb") as f:
         section = ELFFile(f).get_section_by_name(".BTF")
         return int(section["sh_size"]) if section is not None else 0
@@ -151,6 +192,6 @@ def build_bpf_object(source: Path, arch: str) -> Path:
                           command=lambda tmp: [cc, *flags, "-c", str(source), "-o", str(tmp)])
 
 
-def build_unwinder_bpf(arch: str) -> Path:
-    """The unwinder (bpf_src/native_stack.c) as a BPF object for `arch`."""
-    return build_bpf_object(UNWINDER_SOURCE, arch)
+def build_unwinder_bpf(arch: str, source: UnwinderSource | None = None) -> Path:
+    """The unwinder (bpf_src/native_stack.c unless configured) as a BPF object for `arch`."""
+    return build_bpf_object((source or default_source()).main_file, arch)

@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..arch import ARCHES, U64_MASK
-from ..bpf.abi import FRAME_FLAG_SIGNAL, FRAME_NATIVE
 from ..bpf.bridge import RawFrame, TraceResult
 from ..cases.case_file import TestCase, load_case
 from ..core.elfcore import ThreadState
 from ..core.process import Process
-from ..formatting import error_name
 from ..paths import cache_root
 from ..replay import open_case, unwind_process
 from ..unwind_data import module_unwind_data
@@ -92,8 +90,8 @@ def _location(process: Process, addr: int) -> str:
 
 
 def _frame_text(frame: RawFrame, names: dict[int, str]) -> str:
-    if frame.kind != FRAME_NATIVE:
-        return f"<error {error_name(frame.error)}>"
+    if frame.kind_name != "native":
+        return f"<error {frame.error_name or frame.kind_name}>"
     return f"{names.get(frame.file_id, hex(frame.file_id))}+{frame.addr:#x}"
 
 
@@ -103,13 +101,13 @@ def check_thread(process: Process, thread: ThreadState, trace: TraceResult, site
     """Compare the unwinder's frame-0 CFA and frame-1 return address with execution."""
     frames = trace.frames
     names = {m.file_id: m.name for m in process.modules.values()}
-    if not frames or frames[0].kind != FRAME_NATIVE:
+    if not frames or frames[0].kind_name != "native":
         return ThreadCheck(thread.lwp, site, SKIPPED,
                            "the unwinder produced no native top frame"
                            + (f" ({_frame_text(frames[0], names)})" if frames else ""))
     top = frames[0]
     caller = frames[1] if len(frames) > 1 else None
-    if caller is not None and caller.flags & FRAME_FLAG_SIGNAL:
+    if caller is not None and caller.signal:
         return ThreadCheck(thread.lwp, site, SKIPPED,
                            "the top frame is a signal trampoline: it does not return, the "
                            "kernel restores the interrupted context (rt_sigreturn)")
@@ -130,7 +128,7 @@ def _compare(process: Process, thread: ThreadState, run: ReturnRun, top: RawFram
     return_pc = run.return_pc & _address_mask(process, thread)
     truth = f"CPU: caller's SP {run.return_sp:#x}, returns to {_location(process, return_pc)}"
     problems = []
-    if caller is None or caller.kind != FRAME_NATIVE:
+    if caller is None or caller.kind_name != "native":
         what = "ended the stack at frame 0" if caller is None else (
             f"stopped after frame 0 with {_frame_text(caller, names)}")
         problems.append(f"the unwinder {what}, but the function returns")

@@ -8,11 +8,15 @@ subcommands (its `register`); nothing in the library imports this package.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..errors import HarnessError
+from ..paths import BPF_SRC_ENV
 from . import bpf, cases, check, data, debug, record
+from .common import flag
 
 # One module per group of subcommands, in the order `coredump --help` lists them.
 COMMAND_GROUPS = (record, cases, check, debug, bpf, data)
@@ -23,13 +27,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.register(sub)
+    for command in sub.choices.values():
+        flag(command, "bpf-src", dest="bpf_src", metavar="DIR",
+             help="the unwinder's sources: a directory with one .c file (default: bpf_src/, "
+                  "or bpf-src in [tool.coredump]); see 'Bring your own unwinder' in the README")
     return parser
+
+
+def _use_unwinder_sources(directory: str | None) -> None:
+    """-bpf-src: every build in this process (and the gdb or pytest it starts) uses it."""
+    if directory is None:
+        return
+    path = Path(directory).resolve()
+    if not path.is_dir():
+        raise HarnessError(f"-bpf-src {directory}: not a directory")
+    os.environ[BPF_SRC_ENV] = str(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _use_unwinder_sources(getattr(args, "bpf_src", None))
         return int(args.func(args))
     except HarnessError as e:
         print(f"coredump: error: {e}", file=sys.stderr)

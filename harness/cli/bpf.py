@@ -18,7 +18,7 @@ from rich.text import Text
 
 from ..arch import ARCH_NAMES
 from ..bpf import verifier
-from ..bpf.build import UNWINDER_SOURCE, btf_size, build_bpf_object
+from ..bpf.build import btf_size, build_bpf_object, default_source
 from ..bpf.verifier import Verdict
 from .common import Subparsers, flag
 
@@ -29,7 +29,7 @@ def _arches(arch: str) -> tuple[str, ...]:
 
 def cmd_bpf_build(args: argparse.Namespace) -> int:
     for arch in _arches(args.arch):
-        source = Path(args.source) if args.source else UNWINDER_SOURCE
+        source = Path(args.source) if args.source else default_source().main_file
         obj = build_bpf_object(source, arch)
         print(f"{arch}: {obj} ({obj.stat().st_size} bytes, "
               f".BTF {btf_size(obj)} bytes)")
@@ -81,7 +81,7 @@ def cmd_bpf_verify(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     flag(p, "arch", choices=[*ARCH_NAMES, "all"], default="all",
          help="target architecture (default: all)")
-    flag(p, "source", help="a BPF C file other than bpf_src/native_stack.c")
+    flag(p, "source", help="one BPF C file instead of the unwinder's (-bpf-src)")
 
 
 def register(sub: Subparsers) -> None:

@@ -16,16 +16,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arch import AMD64
+from ..bpf.abi import Abi
 from ..bpf.bridge import get_unwinder
-from ..bpf.build import build_unwinder
+from ..bpf.build import HOST_DIR, build_unwinder, default_source
+from ..bpf.debuginfo import read_layout
 from ..cases.store import store_for
 from ..core.elfcore import CoreFile
-from ..paths import BPF_SRC, DEBUG_BUILD_ENV, REPO_ROOT
+from ..paths import DEBUG_BUILD_ENV, REPO_ROOT
 from ..replay import open_case, unwind_process
 from .gdb import QUIET_GDB, check_lwp, load_case_file
 
-# The program coredump debug stops in first: it starts every thread's unwind.
-ENTRY_BREAKPOINT = "native_tracer_entry"
 # The module the Python under gdb runs.
 DEBUG_TARGET_MODULE = "harness.debug.target"
 
@@ -80,6 +81,14 @@ def prepare_debug(case_path: str | os.PathLike[str], lwp: int | None = None) -> 
     return build_unwinder(arch, debug=True)
 
 
+def entry_program() -> str:
+    """The program coredump debug stops in first: it starts every thread's unwind.
+    Programs are the same for both target architectures; amd64's build says which."""
+    source = default_source()
+    layout = read_layout(build_unwinder(AMD64, debug=True, source=source), source.directory)
+    return Abi(layout, AMD64, source.entry_program, source.trace_struct).entry_program
+
+
 def debug_argv(case_path: str | os.PathLike[str], lwp: int | None = None,
                gdb_args: Sequence[str] = (), run: bool = True,
                gdb: str = "gdb") -> list[str]:
@@ -93,9 +102,9 @@ def debug_argv(case_path: str | os.PathLike[str], lwp: int | None = None,
         target += ["--lwp", str(lwp)]
     argv = [gdb, *QUIET_GDB,
             "-ex", "set breakpoint pending on",
-            "-ex", f"directory {BPF_SRC / 'host'}",
-            "-ex", f"directory {BPF_SRC}",
-            "-ex", f"break {ENTRY_BREAKPOINT}"]
+            "-ex", f"directory {HOST_DIR}",
+            "-ex", f"directory {default_source().directory}",
+            "-ex", f"break {entry_program()}"]
     argv += _python_gdb_extension()
     if run:
         argv += ["-ex", "run"]

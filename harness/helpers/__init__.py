@@ -10,9 +10,10 @@ from .maps import (
     PerCpuArrayMap,
     PerfEventArrayMap,
     ProgArrayMap,
+    RingBufMap,
 )
 
 __all__ = [
     "MAP_CLASSES", "ArrayMap", "BpfMap", "HashMap", "HelperEnv", "LpmTrieMap",
-    "PerCpuArrayMap", "PerfEventArrayMap", "ProgArrayMap", "make_helpers",
+    "PerCpuArrayMap", "PerfEventArrayMap", "ProgArrayMap", "RingBufMap", "make_helpers",
 ]

@@ -15,7 +15,7 @@ from ctypes import CFUNCTYPE, c_int64, c_uint32, c_uint64, c_void_p
 from dataclasses import dataclass, field
 from typing import Any
 
-from .maps import BpfMap, PerfEventArrayMap, ProgArrayMap
+from .maps import BpfMap, PerfEventArrayMap, ProgArrayMap, RingBufMap
 
 EFAULT = 14
 EINVAL = 22
@@ -29,6 +29,7 @@ KTIME_GET_NS = CFUNCTYPE(c_uint64)
 GET_SMP_PROCESSOR_ID = CFUNCTYPE(c_uint32)
 GET_CURRENT_PID_TGID = CFUNCTYPE(c_uint64)
 PERF_EVENT_OUTPUT = CFUNCTYPE(c_int64, c_void_p, c_void_p, c_uint64, c_void_p, c_uint64)
+RINGBUF_OUTPUT = CFUNCTYPE(c_int64, c_void_p, c_void_p, c_uint64, c_uint64)
 PROBE_READ_USER = CFUNCTYPE(c_int64, c_void_p, c_uint32, c_void_p)
 PROG_ARRAY_LOOKUP = CFUNCTYPE(c_void_p, c_void_p, c_uint32)
 
@@ -97,6 +98,13 @@ def make_helpers(env: HelperEnv) -> dict[str, Any]:
         target.records.append(ctypes.string_at(data, size))
         return 0
 
+    def ringbuf_output(map_addr: int, data: int, size: int, flags: int) -> int:
+        target = env.map_at(map_addr)
+        if not isinstance(target, RingBufMap) or size > min(MAX_READ_SIZE, target.max_entries):
+            return -EINVAL
+        target.records.append(ctypes.string_at(data, size))
+        return 0
+
     def probe_read_user(dst: int, size: int, src: int | None) -> int:
         env.reads += 1
         src = src or 0
@@ -132,6 +140,8 @@ def make_helpers(env: HelperEnv) -> dict[str, Any]:
             _guard(env, "get_current_pid_tgid", 0, get_current_pid_tgid)),
         "bpf_perf_event_output": PERF_EVENT_OUTPUT(
             _guard(env, "perf_event_output", -EINVAL, perf_event_output)),
+        "bpf_ringbuf_output": RINGBUF_OUTPUT(
+            _guard(env, "ringbuf_output", -EINVAL, ringbuf_output)),
         "bpf_probe_read_user": PROBE_READ_USER(
             _guard(env, "probe_read_user", -EFAULT, probe_read_user)),
         "harness_prog_array_lookup": PROG_ARRAY_LOOKUP(

@@ -5,6 +5,11 @@ buffer that stays at the same address for as long as the entry exists (the
 kernel gives the same guarantee for array maps and, for the duration of a
 program run, for hash maps). Keys arrive as pointers and are copied out as
 bytes.
+
+C sees bytes; the agent sees values. A map created from the unwinder's
+declaration knows its key and value types (helpers/ctype.py), so
+`update_value`/`lookup_value` take and return Python values laid out as the
+debug info says, and a field the struct lacks is an error that names it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
+from .ctype import CType, LayoutError
+
 # Kernel map type numbers (uapi bpf.h).
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
@@ -20,6 +27,7 @@ BPF_MAP_TYPE_PROG_ARRAY = 3
 BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_RINGBUF = 27
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 ENOENT, E2BIG, EEXIST, EINVAL = 2, 7, 17, 22
@@ -55,6 +63,41 @@ class BpfMap:
         self.value_size = value_size
         self.max_entries = max_entries
         self.lookups = 0
+        # Set when the map comes from a declaration (bridge.py): its types and where
+        # it is declared, for values and for error messages.
+        self.key_type: CType | None = None
+        self.value_type: CType | None = None
+        self.decl = ""
+
+    def describe(self) -> str:
+        return f"map {self.name}" + (f" ({self.decl})" if self.decl else "")
+
+    def _typed(self, which: str) -> CType:
+        found = self.key_type if which == "key" else self.value_type
+        if found is None:
+            raise LayoutError(f"{self.describe()} declares no {which} type "
+                              f"(__type({which}, ...)); it holds raw bytes only")
+        return found
+
+    def encode_key(self, key: Any) -> bytes:
+        return self._typed("key").encode(key)
+
+    def encode_value(self, value: Any) -> bytes:
+        return self._typed("value").encode(value)
+
+    def decode_key(self, key: bytes) -> Any:
+        return self._typed("key").decode(key)
+
+    def update_value(self, key: Any, value: Any, flags: int = BPF_ANY) -> int:
+        """bpf_map_update_elem with Python values, converted through the declared types."""
+        return self.update(self.encode_key(key), self.encode_value(value), flags)
+
+    def lookup_value(self, key: Any) -> Any:
+        """The value for `key` decoded through the declared value type, or None."""
+        addr = self.lookup(self.encode_key(key))
+        if not addr:
+            return None
+        return self._typed("value").decode(ctypes.string_at(addr, self.value_size))
 
     def key_bytes(self, key_addr: int) -> bytes:
         return ctypes.string_at(key_addr, self.key_size)
@@ -277,7 +320,16 @@ class PerfEventArrayMap(BpfMap):
         self.records = []
 
 
+class RingBufMap(PerfEventArrayMap):
+    """Collects what bpf_ringbuf_output sends (max_entries is the buffer's size in
+    bytes, as in the kernel); user space drains it like the perf event array."""
+
+    map_type = BPF_MAP_TYPE_RINGBUF
+    type_name = "ringbuf"
+
+
 MAP_CLASSES: dict[int, type[BpfMap]] = {
     cls.map_type: cls
-    for cls in (ArrayMap, PerCpuArrayMap, HashMap, LpmTrieMap, ProgArrayMap, PerfEventArrayMap)
+    for cls in (ArrayMap, PerCpuArrayMap, HashMap, LpmTrieMap, ProgArrayMap, PerfEventArrayMap,
+                RingBufMap)
 }

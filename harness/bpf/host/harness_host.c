@@ -1,5 +1,4 @@
-/* Host-side glue: helper pointers, tail calls, debug prints, and the ABI
- * self-description.
+/* Host-side glue of any unwinder: helper pointers, tail calls, debug prints.
  *
  * Tail calls: a BPF tail call replaces the running program and never returns.
  * harness_run_program() calls the entry program under setjmp; bpf_tail_call()
@@ -7,35 +6,36 @@
  * the loop starts that program with the same context. Only C frames lie
  * between setjmp and longjmp: every Python callback has returned by then.
  */
-#include <elf.h>
 #include <setjmp.h>
 #include <stdarg.h>
-#include <stddef.h>
 #include <stdio.h>
 
-#include "../types.h"
-#include "shim.h"
+#include "harness_host.h"
 
 #define MAX_TAIL_CALLS 33 /* the kernel's MAX_TAIL_CALL_CNT */
 
 typedef int (*bpf_prog_fn)(void *ctx);
 
 void *(*bpf_map_lookup_elem)(void *map, const void *key);
-long (*bpf_map_update_elem)(void *map, const void *key, const void *value, u64 flags);
-u64 (*bpf_ktime_get_ns)(void);
-u32 (*bpf_get_smp_processor_id)(void);
-u64 (*bpf_get_current_pid_tgid)(void);
-long (*bpf_perf_event_output)(void *ctx, void *map, u64 flags, void *data, u64 size);
-long (*bpf_probe_read_user)(void *dst, u32 size, const void *unsafe_ptr);
+long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
+                            unsigned long long flags);
+unsigned long long (*bpf_ktime_get_ns)(void);
+unsigned int (*bpf_get_smp_processor_id)(void);
+unsigned long long (*bpf_get_current_pid_tgid)(void);
+long (*bpf_perf_event_output)(void *ctx, void *map, unsigned long long flags, void *data,
+                              unsigned long long size);
+long (*bpf_ringbuf_output)(void *ringbuf, void *data, unsigned long long size,
+                           unsigned long long flags);
+long (*bpf_probe_read_user)(void *dst, unsigned int size, const void *unsafe_ptr);
 
 /* Set by Python: returns the program stored in a prog-array slot, or NULL. */
-void *(*harness_prog_array_lookup)(void *map, u32 index);
+void *(*harness_prog_array_lookup)(void *map, unsigned int index);
 
 static jmp_buf *tail_call_target;
 static bpf_prog_fn next_prog;
 static int tail_calls;
 
-long bpf_tail_call(void *ctx, void *prog_array_map, u32 index)
+long bpf_tail_call(void *ctx, void *prog_array_map, unsigned int index)
 {
   (void)ctx;
   if (!tail_call_target || !harness_prog_array_lookup || tail_calls >= MAX_TAIL_CALLS)
@@ -84,35 +84,4 @@ void harness_debug_print(const char *fmt, ...)
   vsnprintf(message, sizeof(message), fmt, args);
   va_end(args);
   log(message);
-}
-
-/* ABI description checked by harness/bpf/abi.py at load time. */
-#define ABI_ENTRY(x) (u64)(x)
-static const u64 abi_values[] = {
-    ABI_ENTRY(sizeof(struct target_regs)),
-    ABI_ENTRY(sizeof(struct perf_event_ctx)),
-    ABI_ENTRY(sizeof(struct unwind_rule)),
-    ABI_ENTRY(sizeof(struct stack_delta)),
-    ABI_ENTRY(sizeof(struct delta_page_key)),
-    ABI_ENTRY(sizeof(struct delta_page)),
-    ABI_ENTRY(sizeof(struct mapping_key)),
-    ABI_ENTRY(sizeof(struct mapping_info)),
-    ABI_ENTRY(sizeof(struct unwinder_config)),
-    ABI_ENTRY(sizeof(struct frame)),
-    ABI_ENTRY(sizeof(struct trace)),
-    ABI_ENTRY(offsetof(struct trace, frames)),
-    ABI_ENTRY(sizeof(struct unwind_scratch)),
-    ABI_ENTRY(MAX_FRAMES),
-    ABI_ENTRY(DELTA_PAGE_BITS),
-#if defined(TARGET_ARCH_X86_64)
-    ABI_ENTRY(EM_X86_64),
-#else
-    ABI_ENTRY(EM_AARCH64),
-#endif
-};
-
-u32 harness_abi(const u64 **values)
-{
-  *values = abi_values;
-  return sizeof(abi_values) / sizeof(abi_values[0]);
 }
