@@ -38,8 +38,10 @@ from ..helpers.ctype import (
     StructType,
     from_json,
 )
+from ..paths import REPO_ROOT
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+HOST_SOURCE_NAME = "harness_host.c"  # bpf/build.py HOST_SOURCE: its types are not the unwinder's
 _DW_ATE_SIGNED = {0x05, 0x06}  # DW_ATE_signed, DW_ATE_signed_char
 _POINTER_SIZE = 8
 
@@ -242,27 +244,20 @@ class _DwarfReader:
         return f"{self._display(path)}:{line}"
 
     def _display(self, path: str) -> str:
+        """Relative to the repository where the file is in it (bpf_src/maps.h:16)."""
         resolved = Path(os.path.normpath(path))
-        if self.source_dir is not None:
-            try:
-                return str(resolved.relative_to(self.source_dir.parent))
-            except ValueError:
-                pass
+        for root in (REPO_ROOT, self.source_dir.parent if self.source_dir else None):
+            if root is not None and resolved.is_relative_to(root):
+                return str(resolved.relative_to(root))
         return str(resolved)
 
     def _in_sources(self, die: Any) -> bool:
-        """Declared in the unwinder's own sources (not in a header of the host shim
-        or the C library)."""
-        if self.source_dir is None:
-            return True
-        attrs = die.attributes
-        if "DW_AT_decl_file" not in attrs:
-            return False
-        files = self._file_names(die.cu)
-        index = attrs["DW_AT_decl_file"].value
-        if not 0 <= index < len(files):
-            return False
-        return Path(os.path.normpath(files[index])).is_relative_to(self.source_dir)
+        """Declared by the unwinder, not by the harness's host glue (a build is
+        content-addressed, so the sources may sit in another directory than the one
+        the cached object was compiled from: the compile unit tells, not the path)."""
+        top = die.cu.get_top_DIE().attributes.get("DW_AT_name")
+        name = top.value.decode(errors="replace") if top else ""
+        return Path(name).name != HOST_SOURCE_NAME
 
     # -- types
 

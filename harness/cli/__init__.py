@@ -8,9 +8,10 @@ subcommands (its `register`); nothing in the library imports this package.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import HarnessError
@@ -34,22 +35,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _use_unwinder_sources(directory: str | None) -> None:
-    """-bpf-src: every build in this process (and the gdb or pytest it starts) uses it."""
+@contextlib.contextmanager
+def _unwinder_sources(directory: str | None) -> Iterator[None]:
+    """-bpf-src: every build during the command (and the gdb or pytest it starts)
+    uses it; the process's environment is restored afterwards (tests call main())."""
     if directory is None:
+        yield
         return
     path = Path(directory).resolve()
     if not path.is_dir():
         raise HarnessError(f"-bpf-src {directory}: not a directory")
+    before = os.environ.get(BPF_SRC_ENV)
     os.environ[BPF_SRC_ENV] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(BPF_SRC_ENV, None)
+        else:
+            os.environ[BPF_SRC_ENV] = before
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        _use_unwinder_sources(getattr(args, "bpf_src", None))
-        return int(args.func(args))
+        with _unwinder_sources(getattr(args, "bpf_src", None)):
+            return int(args.func(args))
     except HarnessError as e:
         print(f"coredump: error: {e}", file=sys.stderr)
         return 2
