@@ -21,6 +21,7 @@ from harness.bpf.build import UnwinderSource
 from harness.cases.case_file import find_cases, load_case
 from harness.cases.store import store_for
 from harness.cli import main
+from harness.helpers import RingBufMap
 from harness.paths import BPF_SRC, REPO_ROOT, TESTDATA
 from harness.replay import open_case, unwind_process
 
@@ -52,6 +53,7 @@ FP_CASES = [p for p in find_cases(TESTDATA) if "nofp" not in p.stem]
 def test_the_walker_is_described_by_its_own_debug_info() -> None:
     unwinder = get_unwinder("arm64", source=FP_UNWINDER)
     assert set(unwinder.maps) == {"pid_mappings", "fp_scratch", "fp_traces"}
+    assert isinstance(unwinder.maps["fp_traces"], RingBufMap)
     assert unwinder.abi.entry_program == "fp_walk"
     frame = unwinder.abi.frames_field.element
     assert [f.name for f in frame.fields] == ["addr", "file_id", "depth", "error", "kind",

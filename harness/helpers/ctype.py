@@ -72,9 +72,10 @@ class CType:
         """Flat values of an all-zero instance: what an unset field packs as."""
         return list(self.codec.unpack(bytes(self.size)))
 
-    def encode(self, value: Any) -> bytes:
+    def encode(self, value: Any, path: str = "") -> bytes:
+        """`path` names the value in errors (default: the type's name)."""
         out: list[Any] = []
-        self.flatten(value, out, self.name)
+        self.flatten(value, out, path or self.name)
         try:
             return self.codec.pack(*out)
         except struct.error as e:  # flatten checks ranges; this is a last resort

@@ -80,10 +80,10 @@ class BpfMap:
         return found
 
     def encode_key(self, key: Any) -> bytes:
-        return self._typed("key").encode(key)
+        return self._typed("key").encode(key, f"{self.name} key")
 
     def encode_value(self, value: Any) -> bytes:
-        return self._typed("value").encode(value)
+        return self._typed("value").encode(value, f"{self.name} value")
 
     def decode_key(self, key: bytes) -> Any:
         return self._typed("key").decode(key)
