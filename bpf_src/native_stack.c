@@ -155,7 +155,7 @@ static __always_inline enum unwind_error find_unwind_rule(u64 file_id, u64 vaddr
     DEBUG_PRINT("native: no stack_deltas[%u]", index);
     return ERR_NATIVE_MAP_LOOKUP;
   }
-  u32 rule_index = delta->rule;
+  u32 rule_index = page->rule_base + delta->rule;
   struct unwind_rule *found = bpf_map_lookup_elem(&unwind_rules, &rule_index);
   if (!found) {
     DEBUG_PRINT("native: no unwind_rules[%u] for stack_deltas[%u]", rule_index, index);

@@ -71,7 +71,7 @@ enum map_sizes {
   MAX_MAPPING_PREFIXES = 65536,
   MAX_DELTA_PAGES = 65536,
   MAX_STACK_DELTAS = 1 << 22,
-  MAX_UNWIND_RULES = 65536,
+  MAX_UNWIND_RULES = 1 << 18, /* every loaded module's rules, one slice each */
 };
 
 /* Program indices in the prog array used for tail calls. */
@@ -113,7 +113,7 @@ struct unwind_rule {
 /* One entry of a module's sorted stack-delta table, within a delta page. */
 struct stack_delta {
   u16 addr_low;  /* low DELTA_PAGE_BITS of the ELF virtual address */
-  u16 rule;      /* index into the unwind_rules map */
+  u16 rule;      /* index into the module's slice of unwind_rules (delta_page.rule_base) */
 };
 
 struct delta_page_key {
@@ -122,10 +122,14 @@ struct delta_page_key {
 };
 
 /* Deltas of one page are stack_deltas[first .. first+count); the first one
- * always has addr_low == 0, so every address of the page has a rule. */
+ * always has addr_low == 0, so every address of the page has a rule. A
+ * delta's rule is unwind_rules[rule_base + rule]: each module's rules are one
+ * slice of the rules map, so the agent writes a module's deltas and rules as
+ * they are cached, without renumbering them per process. */
 struct delta_page {
   u32 first;
   u32 count;
+  u32 rule_base;
 };
 
 /* ---- Process memory map -------------------------------------------------- */

@@ -32,12 +32,18 @@ def test_array_map_values_are_stable_zeroed_and_bounded() -> None:
         m.write(9_999, b"x" * 16)
 
 
-def test_array_write_across_chunks() -> None:
-    m = ArrayMap("a", 4, 4, 3 * ArrayMap.CHUNK_ENTRIES)
-    data = b"".join(i.to_bytes(4, "little") for i in range(2 * ArrayMap.CHUNK_ENTRIES))
+def test_array_bulk_write_and_clear() -> None:
+    m = ArrayMap("a", 4, 4, 1 << 22)  # stack_deltas' size: only touched pages cost memory
+    data = b"".join(i.to_bytes(4, "little") for i in range(10_000))
     m.write(100, data)
-    for i in (0, ArrayMap.CHUNK_ENTRIES - 100, ArrayMap.CHUNK_ENTRIES * 2 - 1):
+    for i in (0, 4095, 9_999):
         assert ctypes.string_at(m.index_addr(100 + i), 4) == i.to_bytes(4, "little")
+    key = ctypes.c_uint32(100 + 9_999)
+    assert m.lookup_addr(ctypes.addressof(key)) == m.index_addr(100 + 9_999)
+    key.value = 1 << 22
+    assert m.lookup_addr(ctypes.addressof(key)) == 0  # out of range: no value
+    m.clear()
+    assert ctypes.string_at(m.index_addr(100 + 9_999), 4) == bytes(4)
 
 
 def test_hash_map_flags_capacity_and_lazy_fill() -> None:

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from harness.bpf import agent
+from harness.bpf.delta_tables import DeltaTables, TableFormat
 from harness.cases.case_file import load_case
 from harness.cases.store import store_for
 from harness.check.case_check import MATCH, MISMATCH, ThreadCheck, validate_case
 from harness.check.delta_check import validate_module
 from harness.check.sites import BODY, EPILOGUE, PROLOGUE, RETURN, top_frame_sites
 from harness.cli import main
+from harness.core.module import Module
 from harness.paths import REPO_ROOT, cache_root
 from harness.replay import open_case
 from harness.unwind_data import ModuleUnwindData, load_unwind_data
@@ -113,15 +115,16 @@ def test_corrupted_delta_is_caught_by_both_checks(corrupted_case: Path,
         [a for a, _ in corrupted.deltas].index(delta_addr)][1]
         for m in bad.mismatches.values())
 
-    # Case check: the C unwinder reads the corrupted delta (fresh packed tables,
+    # Case check: the C unwinder reads the corrupted delta (tables built from it,
     # so nothing cached from the clean data is used) and the CPU disagrees.
-    real_load = agent.module_unwind_data
+    real_tables = agent.module_tables
 
-    def load(local_path: str | Path, content_id: str | None, cache_dir: object) -> object:
-        return corrupted if content_id == ref else real_load(local_path, content_id, cache_dir)
+    def tables(module: Module, fmt: TableFormat, cache_dir: Path) -> DeltaTables:
+        if module.content_id == ref:
+            return fmt.build(corrupted)
+        return real_tables(module, fmt, cache_dir)
 
-    monkeypatch.setattr(agent, "module_unwind_data", load)
-    monkeypatch.setattr(agent, "_TABLES", {})
+    monkeypatch.setattr(agent, "module_tables", tables)
     check = validate_case(case_path)
     verdicts = {t.lwp: t for t in check.threads}
     caught = verdicts[thread.lwp]

@@ -9,9 +9,7 @@ module, so a case only pays for the modules its stacks touch.
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,8 +21,8 @@ from ..errors import HarnessError
 from ..helpers import ArrayMap, BpfMap, HashMap, LpmTrieMap
 from ..helpers.ctype import LayoutError, StructType
 from ..paths import cache_root
-from ..unwind_data import FRAME_POINTER_RULE, UnwindRule, module_unwind_data
 from .bridge import Unwinder
+from .delta_tables import TableFormat, module_tables
 
 _M = TypeVar("_M", bound=BpfMap)
 
@@ -43,30 +41,6 @@ def address_prefixes(start: int, end: int, addr_bits: int = 64) -> Iterator[tupl
             size >>= 1
         yield start, addr_bits - (size.bit_length() - 1)
         start += size
-
-
-@dataclass
-class _PackedModule:
-    deltas: bytes                       # struct stack_delta entries, rule indices resolved
-    count: int                          # number of entries in deltas
-    pages: list[tuple[int, int, int]]   # (page, first delta relative to the module, count)
-
-
-@dataclass
-class _SharedTables:
-    """Derived from immutable inputs, so kept for the life of the unwinder: the
-    interned rule table and each module's packed deltas (by content hash)."""
-
-    rules: dict[UnwindRule, int] = field(default_factory=dict)
-    rule_bytes: bytearray = field(default_factory=bytearray)
-    modules: dict[str, _PackedModule] = field(default_factory=dict)
-
-
-_TABLES: dict[int, _SharedTables] = {}
-
-
-def _shared_tables(unwinder: Unwinder) -> _SharedTables:
-    return _TABLES.setdefault(id(unwinder), _SharedTables())
 
 
 def check_cfa_ops(unwinder: Unwinder) -> None:
@@ -90,8 +64,8 @@ class Agent:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
         self.modules_by_file_id: dict[int, Module] = {}
         self.loaded_file_ids: set[int] = set()
-        self._tables = _shared_tables(unwinder)
         self._next_delta = 0
+        self._next_rule = 0
 
         self._mappings = self._map(MAPPINGS_MAP, LpmTrieMap)
         key = self._struct(self._mappings, "key")
@@ -109,8 +83,9 @@ class Agent:
             self._pages = self._map("delta_pages", HashMap)
             self._deltas = self._map("stack_deltas", ArrayMap)
             self._rules = self._map("unwind_rules", ArrayMap)
-            self._page_bits = unwinder.layout.constant("DELTA_PAGE_BITS")
-            self._delta_packer = self._struct(self._deltas, "value").packer(("addr_low", "rule"))
+            self._format = TableFormat(self._struct(self._rules, "value"),
+                                       self._struct(self._deltas, "value"),
+                                       unwinder.layout.constant("DELTA_PAGE_BITS"))
 
     def _map(self, name: str, kind: type[_M]) -> _M:
         bpf_map = self.unwinder.maps.get(name)
@@ -132,9 +107,6 @@ class Agent:
     def attach(self) -> None:
         """Reset the unwinder and describe this process to it."""
         self.unwinder.reset()
-        if self.has_deltas and self._tables.rule_bytes:
-            # rules interned for earlier processes keep their index
-            self._rules.write(0, bytes(self._tables.rule_bytes))
         self._write_config()
         for mapping in self.process.mappings:
             if mapping.module is not None:
@@ -173,59 +145,30 @@ class Agent:
         self.loaded_file_ids.add(file_id)
         self.load_module_deltas(module)
 
-    def _rule(self, rule: UnwindRule) -> int:
-        index = self._tables.rules.get(rule)
-        if index is None:
-            index = len(self._tables.rules)
-            if index >= self._rules.max_entries:
-                raise HarnessError("unwind_rules is full")
-            c_rule = self._rules.encode_value(
-                {"cfa_op": rule.cfa_op, "aux": rule.aux, "cfa_param": rule.cfa_param,
-                 "fp_offset": rule.fp_offset, "ra_offset": rule.ra_offset})
-            self._rules.write(index, c_rule)
-            self._tables.rules[rule] = index
-            self._tables.rule_bytes += c_rule
-        return index
-
-    def _pack(self, module: Module) -> _PackedModule:
-        """A module's deltas as map entries, split into pages (cached per content hash)."""
-        packed = self._tables.modules.get(module.content_id)
-        if packed is not None:
-            return packed
-        deltas = module_unwind_data(module.local_path, module.content_id, self.cache_dir).deltas
-        rule_ids = {rule: self._rule(rule) for rule in {r for _, r in deltas}}
-        bits = self._page_bits
-        page_mask = (1 << bits) - 1
-        flat = array("Q")
-        pages: list[tuple[int, int, int]] = []
-        if deltas:
-            current = self._rule(FRAME_POINTER_RULE)  # before a module's first FDE
-            i = 0
-            for page in range(deltas[0][0] >> bits, (deltas[-1][0] >> bits) + 1):
-                first = len(flat) // 2
-                if deltas[i][0] != page << bits:
-                    flat.extend((0, current))  # rule in force at the page start
-                while i < len(deltas) and deltas[i][0] >> bits == page:
-                    current = rule_ids[deltas[i][1]]
-                    flat.extend((deltas[i][0] & page_mask, current))
-                    i += 1
-                pages.append((page, first, len(flat) // 2 - first))
-        packed = _PackedModule(self._delta_packer.pack(flat), len(flat) // 2, pages)
-        self._tables.modules[module.content_id] = packed
-        return packed
-
     def load_module_deltas(self, module: Module) -> int:
-        """Write a module's stack deltas into the maps; returns the number of deltas."""
+        """Write a module's stack deltas and rules into the maps (from the tables
+        cached per content hash); returns the number of deltas."""
         if not self.has_deltas:
             return 0
-        packed = self._pack(module)
-        if not packed.pages:
+        tables = module_tables(module, self._format, self.cache_dir)
+        if not tables.pages:
             return 0  # no unwind data: the unwinder falls back to frame pointers
-        base = self._next_delta
-        for page, first, count in packed.pages:
-            if self._pages.update_value({"file_id": module.file_id, "page": page},
-                                        {"first": base + first, "count": count}) != 0:
+        base, rule_base = self._next_delta, self._next_rule
+        if rule_base + tables.rule_count > self._rules.max_entries:
+            raise HarnessError(f"unwind_rules is full ({self._rules.max_entries} rules) "
+                               f"loading {module.name}")
+        if base + tables.delta_count > self._deltas.max_entries:
+            raise HarnessError(f"stack_deltas is full ({self._deltas.max_entries} deltas) "
+                               f"loading {module.name}")
+        pages = tables.pages
+        for i in range(0, len(pages), 3):
+            if self._pages.update_value(
+                    {"file_id": module.file_id, "page": pages[i]},
+                    {"first": base + pages[i + 1], "count": pages[i + 2],
+                     "rule_base": rule_base}) != 0:
                 raise HarnessError(f"delta_pages is full ({self._pages.max_entries} pages)")
-        self._deltas.write(base, packed.deltas)
-        self._next_delta += packed.count
-        return packed.count
+        self._rules.write(rule_base, tables.rules)
+        self._deltas.write(base, tables.deltas)
+        self._next_delta += tables.delta_count
+        self._next_rule += tables.rule_count
+        return tables.delta_count

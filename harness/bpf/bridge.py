@@ -17,11 +17,12 @@ import logging
 from collections.abc import Mapping
 from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_void_p
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import HarnessError
 from ..helpers import (
     MAP_CLASSES,
+    ArrayMap,
     BpfMap,
     HelperEnv,
     PerfEventArrayMap,
@@ -48,11 +49,11 @@ _DEBUG_PRINT = _LOG_FN(_debug_print)  # module-level: never freed while C may ca
 _DEBUG_PRINT_ADDR = ctypes.cast(_DEBUG_PRINT, c_void_p).value
 
 
-@dataclass(frozen=True)
-class RawFrame:
+class RawFrame(NamedTuple):
     """One frame as the C code recorded it: the fields the harness relies on, their
     names from the unwinder's enums, and the whole record (every field of the C
-    struct, as a named tuple) for anything else."""
+    struct, as a named tuple) for anything else. A named tuple: traces have
+    thousands of frames, and a tuple is what is cheapest to make."""
 
     file_id: int
     addr: int
@@ -63,7 +64,7 @@ class RawFrame:
     kind_name: str = "native"   # enum frame_kind without FRAME_, lowercased
     error_name: str = ""        # enum unwind_error without ERR_, lowercased (error frames)
     signal: bool = False        # FRAME_FLAG_SIGNAL: the frame was interrupted by a signal
-    record: Any = field(default=None, compare=False, repr=False)
+    record: Any = None
 
 
 @dataclass
@@ -120,6 +121,12 @@ class Unwinder:
         for symbol, callback in self._callbacks.items():
             c_void_p.in_dll(self.lib, symbol).value = ctypes.cast(callback, c_void_p).value
 
+        self._set_array = self.lib.harness_set_array
+        self._set_array.argtypes = [c_void_p, c_void_p, ctypes.c_ulonglong, ctypes.c_uint]
+        self._set_array.restype = c_int
+        self._map_addrs = {m.name: a for a, m in maps_by_addr.items()}
+        self._register_arrays()
+
         self._log_slot = c_void_p.in_dll(self.lib, "harness_log")
         self._entry = self._symbol_addr(self.abi.entry_program)
         self._run = self.lib.harness_run_program
@@ -146,10 +153,21 @@ class Unwinder:
         has_cfa = frame_type.has_field("cfa")  # type: ignore[attr-defined]
         return abi.frame_kinds, abi.error_names, abi.frame_flags.get("signal", 0), has_cfa
 
+    def _register_arrays(self) -> None:
+        """Tell the C side where each array map's values are (lookups are index
+        arithmetic there); again after a reset, which moves them."""
+        for name, bpf_map in self.maps.items():
+            if isinstance(bpf_map, ArrayMap):
+                if self._set_array(self._map_addrs[name], bpf_map.base, bpf_map.value_size,
+                                   bpf_map.max_entries) != 0:
+                    raise HarnessError(f"{self.path}: more array maps than the host glue "
+                                       "holds (MAX_DIRECT_ARRAYS)")
+
     def reset(self) -> None:
         """Forget everything about the previous process."""
         for bpf_map in self.maps.values():
             bpf_map.clear()
+        self._register_arrays()
 
     def unwind(self, regs: Mapping[str, int], pid: int, tid: int, read_memory: MemoryReader,
                fault_addresses: frozenset[int] = frozenset()) -> TraceResult:
@@ -190,13 +208,14 @@ class Unwinder:
                   if f.name != "frames"}
         frames_offset = trace_type.field("frames").offset
         kinds, errors, signal_bit, has_cfa = self._frame_names
-        frames = []
+        frames: list[RawFrame] = []
+        append = frames.append
         for f in abi.frames_field.decode_prefix(record, frames_offset, header["num_frames"]):
-            kind_name = kinds.get(f.kind, f"unknown_frame_kind_{f.kind}")
-            frames.append(RawFrame(
-                f.file_id, f.addr, f.cfa if has_cfa else 0, f.kind, f.flags, f.error,
-                kind_name, errors.get(f.error, f"unknown_{f.error}") if f.error else "",
-                bool(f.flags & signal_bit), f))
+            kind, error, flags = f.kind, f.error, f.flags
+            kind_name = kinds.get(kind) or f"unknown_frame_kind_{kind}"
+            error_name = (errors.get(error) or f"unknown_{error}") if error else ""
+            append(RawFrame(f.file_id, f.addr, f.cfa if has_cfa else 0, kind, flags, error,
+                            kind_name, error_name, bool(flags & signal_bit), f))
         return TraceResult(header["pid"], header["tid"], header["status"], frames,
                            status_name=abi.trace_statuses.get(header["status"], ""),
                            record=header)

@@ -76,8 +76,19 @@ def _guard(env: HelperEnv, name: str, failure: int, fn: Callable[..., int]) -> C
 def make_helpers(env: HelperEnv) -> dict[str, Any]:
     """ctypes callbacks keyed by the C symbol they are assigned to."""
 
-    def map_lookup_elem(map_addr: int, key_addr: int) -> int:
-        return env.map_at(map_addr).lookup_addr(key_addr)
+    # The hottest helper (several calls per frame): one dict lookup to the map's own
+    # lookup_addr, no wrapper in between; exceptions are caught here.
+    lookup_fns = {addr: m.lookup_addr for addr, m in env.maps_by_addr.items()}
+
+    def map_lookup_elem(map_addr: int | None, key_addr: int) -> int:
+        fn = lookup_fns.get(map_addr or 0)
+        try:
+            if fn is None:
+                env.map_at(map_addr)  # raises: C passed no known map
+            return fn(key_addr)  # type: ignore[misc]
+        except Exception as e:  # noqa: BLE001 - reported after the program returns
+            env.errors.append(f"map_lookup_elem: {type(e).__name__}: {e}")
+            return 0
 
     def map_update_elem(map_addr: int, key_addr: int, value_addr: int, flags: int) -> int:
         return env.map_at(map_addr).update_addr(key_addr, value_addr, flags)
@@ -105,23 +116,31 @@ def make_helpers(env: HelperEnv) -> dict[str, Any]:
         target.records.append(ctypes.string_at(data, size))
         return 0
 
+    memmove, memset = ctypes.memmove, ctypes.memset
+
     def probe_read_user(dst: int, size: int, src: int | None) -> int:
-        env.reads += 1
-        src = src or 0
-        if size > MAX_READ_SIZE:
-            env.errors.append(f"probe_read_user: C asked for {size} bytes at {src:#x}")
-            return -EINVAL
-        data = None
-        if not any(src <= a < src + size for a in env.fault_addresses):
-            data = env.read_memory(src, size)
-        else:
-            env.faults_hit.update(a for a in env.fault_addresses if src <= a < src + size)
-        if data is None or len(data) != size:
-            env.failed_reads += 1
-            ctypes.memset(dst, 0, size)  # the kernel zeroes the buffer on failure
+        """The unwinder's only way to target memory (hot: twice per frame)."""
+        try:
+            env.reads += 1
+            src = src or 0
+            if size > MAX_READ_SIZE:
+                env.errors.append(f"probe_read_user: C asked for {size} bytes at {src:#x}")
+                return -EINVAL
+            data = None
+            faults = env.fault_addresses
+            if not faults or not any(src <= a < src + size for a in faults):
+                data = env.read_memory(src, size)
+            else:
+                env.faults_hit.update(a for a in faults if src <= a < src + size)
+            if data is None or len(data) != size:
+                env.failed_reads += 1
+                memset(dst, 0, size)  # the kernel zeroes the buffer on failure
+                return -EFAULT
+            memmove(dst, data, size)
+            return 0
+        except Exception as e:  # noqa: BLE001 - reported after the program returns
+            env.errors.append(f"probe_read_user: {type(e).__name__}: {e}")
             return -EFAULT
-        ctypes.memmove(dst, data, size)
-        return 0
 
     def prog_array_lookup(map_addr: int, index: int) -> int:
         target = env.map_at(map_addr)
@@ -130,7 +149,8 @@ def make_helpers(env: HelperEnv) -> dict[str, Any]:
         return target.program_at(index)
 
     return {
-        "bpf_map_lookup_elem": MAP_LOOKUP_ELEM(_guard(env, "map_lookup_elem", 0, map_lookup_elem)),
+        # bpf_map_lookup_elem itself is harness_host.c's: arrays in C, the rest here
+        "harness_map_lookup_slow": MAP_LOOKUP_ELEM(map_lookup_elem),
         "bpf_map_update_elem": MAP_UPDATE_ELEM(
             _guard(env, "map_update_elem", -EINVAL, map_update_elem)),
         "bpf_ktime_get_ns": KTIME_GET_NS(_guard(env, "ktime_get_ns", 0, ktime_get_ns)),
@@ -142,8 +162,7 @@ def make_helpers(env: HelperEnv) -> dict[str, Any]:
             _guard(env, "perf_event_output", -EINVAL, perf_event_output)),
         "bpf_ringbuf_output": RINGBUF_OUTPUT(
             _guard(env, "ringbuf_output", -EINVAL, ringbuf_output)),
-        "bpf_probe_read_user": PROBE_READ_USER(
-            _guard(env, "probe_read_user", -EFAULT, probe_read_user)),
+        "bpf_probe_read_user": PROBE_READ_USER(probe_read_user),
         "harness_prog_array_lookup": PROG_ARRAY_LOOKUP(
             _guard(env, "tail_call", 0, prog_array_lookup)),
     }

@@ -85,7 +85,10 @@ class CType:
         if len(data) - offset < self.size:
             data = bytes(data[offset:]).ljust(self.size, b"\0")
             offset = 0
-        return self.rebuild(iter(self.codec.unpack_from(data, offset)))
+        return self._decode_flat(self.codec.unpack_from(data, offset))
+
+    def _decode_flat(self, flat: tuple[Any, ...]) -> Any:
+        return self.rebuild(iter(flat))
 
     def to_json(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -189,11 +192,18 @@ class ArrayType(CType):
         return tuple(self.element.rebuild(it) for _ in range(self.count))
 
     def decode_prefix(self, data: bytes | bytearray | memoryview, offset: int,
-                      count: int) -> tuple[Any, ...]:
+                      count: int) -> list[Any]:
         """The first `count` elements only (a trace's used frames, not all of them)."""
         count = max(0, min(count, self.count))
-        step = self.element.size
-        return tuple(self.element.decode(data, offset + i * step) for i in range(count))
+        size = self.element.size
+        end = offset + count * size
+        if len(data) < end:
+            data = bytes(data).ljust(end, b"\0")
+        if not size:
+            return [self.element.decode(b"") for _ in range(count)]
+        element = self.element
+        chunk = memoryview(data)[offset:end]
+        return [element._decode_flat(flat) for flat in element.codec.iter_unpack(chunk)]
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "array", "element": self.element.to_json(), "count": self.count,
@@ -287,6 +297,18 @@ class StructType(CType):
         it = iter(flat)
         decoded = {f.name: f.type.rebuild(it) for f, _pad in self._layout()}
         return self.record_type(*(decoded.get(f.name) for f in self.fields))
+
+    @cached_property
+    def _all_ints_in_order(self) -> bool:
+        """Flat ints declared in offset order: a record is the unpacked tuple as is."""
+        offsets = [f.offset for f in self.fields]
+        return (not self.union and offsets == sorted(offsets)
+                and all(isinstance(f.type, IntType) for f in self.fields))
+
+    def _decode_flat(self, flat: tuple[Any, ...]) -> Any:
+        if self._all_ints_in_order:
+            return self.record_type._make(flat)  # type: ignore[attr-defined]
+        return self.rebuild(iter(flat))
 
     def decode_field(self, data: bytes | bytearray | memoryview, name: str,
                      offset: int = 0) -> Any:

@@ -15,6 +15,7 @@ debug info says, and a field the struct lacks is an error that names it.
 from __future__ import annotations
 
 import ctypes
+import mmap
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,9 @@ BPF_MAP_TYPE_RINGBUF = 27
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 ENOENT, E2BIG, EEXIST, EINVAL = 2, 7, 17, 22
+
+_U32 = ctypes.c_uint32
+_string_at = ctypes.string_at
 
 
 def _upsert(table: dict[Any, ctypes.Array[ctypes.c_char]], key: object, value: bytes,
@@ -62,7 +66,6 @@ class BpfMap:
         self.key_size = key_size
         self.value_size = value_size
         self.max_entries = max_entries
-        self.lookups = 0
         # Set when the map comes from a declaration (bridge.py): its types and where
         # it is declared, for values and for error messages.
         self.key_type: CType | None = None
@@ -100,12 +103,12 @@ class BpfMap:
         return self._typed("value").decode(ctypes.string_at(addr, self.value_size))
 
     def key_bytes(self, key_addr: int) -> bytes:
-        return ctypes.string_at(key_addr, self.key_size)
+        return _string_at(key_addr, self.key_size)
 
     def lookup_addr(self, key_addr: int) -> int:
-        """C's bpf_map_lookup_elem: address of the value, or 0."""
-        self.lookups += 1
-        return self.lookup(self.key_bytes(key_addr))
+        """C's bpf_map_lookup_elem: address of the value, or 0. Called once or more
+        per frame, so subclasses keep it to a few operations."""
+        return self.lookup(_string_at(key_addr, self.key_size))
 
     def update_addr(self, key_addr: int, value_addr: int, flags: int) -> int:
         value = ctypes.string_at(value_addr, self.value_size)
@@ -122,32 +125,37 @@ class BpfMap:
 
 
 class ArrayMap(BpfMap):
-    """Fixed-size array, zero-filled, allocated in chunks on first touch so a
-    map declared with millions of entries costs only what is used."""
+    """Fixed-size array, zero-filled, in one anonymous memory mapping: the kernel
+    gives pages only to what is touched, so a map declared with millions of
+    entries costs what is used, and a lookup is index arithmetic."""
 
     map_type = BPF_MAP_TYPE_ARRAY
     type_name = "array"
-    CHUNK_ENTRIES = 4096
 
     def __init__(self, name: str, key_size: int, value_size: int, max_entries: int) -> None:
         super().__init__(name, key_size, value_size, max_entries)
-        self._chunks: dict[int, ctypes.Array[ctypes.c_char]] = {}
+        self._allocate()
 
-    def _chunk(self, chunk_index: int) -> ctypes.Array[ctypes.c_char]:
-        chunk = self._chunks.get(chunk_index)
-        if chunk is None:
-            first = chunk_index * self.CHUNK_ENTRIES
-            entries = min(self.CHUNK_ENTRIES, self.max_entries - first)
-            chunk = ctypes.create_string_buffer(entries * self.value_size)
-            self._chunks[chunk_index] = chunk
-        return chunk
+    def _allocate(self) -> None:
+        size = max(1, self.value_size * self.max_entries)
+        self._memory = mmap.mmap(-1, size)
+        self._anchor = ctypes.c_char.from_buffer(self._memory)  # keeps the address valid
+        self._base = ctypes.addressof(self._anchor)
+
+    @property
+    def base(self) -> int:
+        """Address of element 0; it changes only when the map is cleared."""
+        return self._base
 
     def index_addr(self, index: int) -> int:
         """Address of element `index` (0 if out of range)."""
         if not 0 <= index < self.max_entries:
             return 0
-        chunk_index, offset = divmod(index, self.CHUNK_ENTRIES)
-        return ctypes.addressof(self._chunk(chunk_index)) + offset * self.value_size
+        return self._base + index * self.value_size
+
+    def lookup_addr(self, key_addr: int) -> int:
+        index = _U32.from_address(key_addr).value
+        return self._base + index * self.value_size if index < self.max_entries else 0
 
     def lookup(self, key: bytes) -> int:
         return self.index_addr(int.from_bytes(key[:4], "little"))
@@ -169,17 +177,13 @@ class ArrayMap(BpfMap):
         if index < 0 or index + count > self.max_entries:
             raise IndexError(f"{self.name}: elements {index}..{index + count} exceed "
                              f"max_entries {self.max_entries}")
-        pos = 0
-        while pos < count:
-            chunk_index, offset = divmod(index + pos, self.CHUNK_ENTRIES)
-            n = min(count - pos, self.CHUNK_ENTRIES - offset)
-            dst = ctypes.addressof(self._chunk(chunk_index)) + offset * self.value_size
-            start = pos * self.value_size
-            ctypes.memmove(dst, value[start:start + n * self.value_size], n * self.value_size)
-            pos += n
+        start = index * self.value_size
+        self._memory[start:start + len(value)] = value
 
     def clear(self) -> None:
-        self._chunks.clear()
+        # A fresh mapping: zero again, and the pages of the old one go back at once.
+        del self._anchor
+        self._allocate()
 
 
 class PerCpuArrayMap(ArrayMap):
@@ -201,6 +205,9 @@ class HashMap(BpfMap):
         super().__init__(name, key_size, value_size, max_entries)
         self._values: dict[bytes, ctypes.Array[ctypes.c_char]] = {}
         self.on_miss: Callable[[bytes], None] | None = None
+
+    def lookup_addr(self, key_addr: int) -> int:
+        return self.lookup(_string_at(key_addr, self.key_size))
 
     def lookup(self, key: bytes) -> int:
         buf = self._values.get(key)
@@ -235,10 +242,20 @@ class LpmTrieMap(BpfMap):
         self._levels: dict[int, dict[int, ctypes.Array[ctypes.c_char]]] = {}
         self._lengths: list[int] = []  # prefix lengths present, longest first
         self._count = 0
+        # key -> result of the longest-prefix search; PCs repeat across frames and
+        # threads. Emptied by every update.
+        self._found: dict[bytes, int] = {}
 
     def _split(self, key: bytes) -> tuple[int, int]:
         prefixlen = int.from_bytes(key[:4], "little")
         return prefixlen, int.from_bytes(key[4:], "big")
+
+    def lookup_addr(self, key_addr: int) -> int:
+        key = _string_at(key_addr, self.key_size)
+        found = self._found.get(key)
+        if found is None:
+            found = self._found[key] = self.lookup(key)
+        return found
 
     def lookup(self, key: bytes) -> int:
         max_len, data = self._split(key)
@@ -254,6 +271,7 @@ class LpmTrieMap(BpfMap):
         length, data = self._split(key)
         if length > self.data_bits or len(value) != self.value_size:
             return -EINVAL
+        self._found.clear()
         level = self._levels.get(length)
         if level is None:
             level = self._levels[length] = {}
@@ -271,6 +289,7 @@ class LpmTrieMap(BpfMap):
         self._levels.clear()
         self._lengths = []
         self._count = 0
+        self._found.clear()
 
 
 class ProgArrayMap(BpfMap):

@@ -16,7 +16,53 @@
 
 typedef int (*bpf_prog_fn)(void *ctx);
 
-void *(*bpf_map_lookup_elem)(void *map, const void *key);
+/* Array lookups are index arithmetic over memory that Python owns and
+ * registers here (harness_set_array), done in C so that the unwinder's hottest
+ * helper call (a binary search over an array map takes several per frame)
+ * does not cross into Python. Bounds are checked as the kernel checks them.
+ * Every other map goes to Python's harness_map_lookup_slow. */
+#define MAX_DIRECT_ARRAYS 64
+
+struct direct_array {
+  const void *map;
+  char *base;
+  unsigned long long value_size;
+  unsigned int max_entries;
+};
+
+static struct direct_array direct_arrays[MAX_DIRECT_ARRAYS];
+static int num_direct_arrays;
+
+void *(*harness_map_lookup_slow)(void *map, const void *key);
+
+static void *harness_map_lookup(void *map, const void *key)
+{
+  for (int i = 0; i < num_direct_arrays; i++) {
+    const struct direct_array *a = &direct_arrays[i];
+    if (a->map == map) {
+      unsigned int index = *(const unsigned int *)key;
+      return index < a->max_entries ? a->base + index * a->value_size : NULL;
+    }
+  }
+  return harness_map_lookup_slow ? harness_map_lookup_slow(map, key) : NULL;
+}
+
+/* Register (or move) an array map's values; returns -1 when the table is full. */
+int harness_set_array(const void *map, void *base, unsigned long long value_size,
+                      unsigned int max_entries)
+{
+  int i = 0;
+  while (i < num_direct_arrays && direct_arrays[i].map != map)
+    i++;
+  if (i == MAX_DIRECT_ARRAYS)
+    return -1;
+  direct_arrays[i] = (struct direct_array){map, base, value_size, max_entries};
+  if (i == num_direct_arrays)
+    num_direct_arrays++;
+  return 0;
+}
+
+void *(*bpf_map_lookup_elem)(void *map, const void *key) = harness_map_lookup;
 long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
                             unsigned long long flags);
 unsigned long long (*bpf_ktime_get_ns)(void);
