@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,17 @@ def debug_build_requested() -> bool:
 
 
 def tool_config(pyproject: Path = PYPROJECT) -> dict[str, Any]:
-    """The `[tool.coredump]` table of pyproject.toml ({} if the file or table is absent)."""
+    """The `[tool.coredump]` table of pyproject.toml ({} if the file or table is absent).
+    Parsed once per version of the file (settings are read on every replay)."""
+    try:
+        stamp = pyproject.stat().st_mtime_ns
+    except OSError:
+        return {}
+    return _parsed_config(pyproject, stamp)
+
+
+@lru_cache(maxsize=8)
+def _parsed_config(pyproject: Path, stamp: int) -> dict[str, Any]:
     try:
         with open(pyproject, "rb") as f:
             doc = tomllib.load(f)

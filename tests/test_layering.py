@@ -29,6 +29,7 @@ STAGES = [
     "check",                              # rules against the CPU (unicorn, capstone)
     "record",                             # coredump new / verify / record-qemu
     "debug",                              # coredump debug / gdb
+    "bench",                              # coredump bench: us against gdb, eu-stack
     "cli",                                # argparse and printing only
 ]
 

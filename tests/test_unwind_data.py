@@ -35,10 +35,10 @@ from harness.unwind_data import (
     FRAME_POINTER_RULE,
     ModuleUnwindData,
     UnwindRule,
-    _Coverage,
     extract_unwind_data,
     load_unwind_data,
 )
+from harness.unwind_data.cfi import _Coverage
 
 LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")
 LIBC_ARM64 = Path("/usr/aarch64-linux-gnu/lib/libc.so.6")  # from libc6-arm64-cross

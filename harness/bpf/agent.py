@@ -50,7 +50,7 @@ def check_cfa_ops(unwinder: Unwinder) -> None:
               if name.startswith("CFA_")}
     if c_ops != python:
         diff = sorted(set(c_ops.items()) ^ set(python.items()))
-        raise LayoutError(f"{unwinder.layout.path}: enum cfa_op and harness/unwind_data.py's "
+        raise LayoutError(f"{unwinder.layout.path}: enum cfa_op and harness/unwind_data's "
                           f"CFA_* constants differ: {diff}")
 
 

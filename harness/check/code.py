@@ -6,7 +6,7 @@ function starts and ends. The unwinder's rules come per FDE, so FDE ranges
 (.eh_frame, then .debug_frame) are the primary bounds; function symbols
 (.symtab, else .dynsym) give them names and cover code without CFI.
 
-The FDE ranges come with the module's unwind data (harness/unwind_data.py),
+The FDE ranges come with the module's unwind data (harness/unwind_data/),
 which is cached per content hash and shared with the agent that filled the
 maps for the same module: the CFI is parsed in one place only. What the
 content says (CodeIndex) is parsed once per content hash; the bytes come from

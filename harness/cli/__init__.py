@@ -16,11 +16,11 @@ from pathlib import Path
 
 from ..errors import HarnessError
 from ..paths import BPF_SRC_ENV
-from . import bpf, cases, check, data, debug, record
+from . import bench, bpf, cases, check, data, debug, record
 from .common import flag
 
 # One module per group of subcommands, in the order `coredump --help` lists them.
-COMMAND_GROUPS = (record, cases, check, debug, bpf, data)
+COMMAND_GROUPS = (record, cases, check, debug, bpf, bench, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -281,6 +281,20 @@ class StructType(CType):
         raise LayoutError(f"{path}: expected a mapping of field values for struct "
                           f"{self.name}, got {type(value).__name__}")
 
+    def encode(self, value: Any, path: str = "") -> bytes:
+        if self._all_ints_in_order and isinstance(value, dict):
+            # the agent's common case (a map entry per mapping, per page): one pack call
+            by_name = self._by_name
+            for name in value:
+                if name not in by_name:
+                    break
+            else:
+                try:
+                    return self.codec.pack(*[value.get(f.name, 0) for f in self.fields])
+                except struct.error:
+                    pass  # flatten below says which field and why
+        return super().encode(value, path)
+
     def flatten(self, value: Any, out: list[Any], path: str) -> None:
         values = self._values(value, path)
         for name in values:

@@ -1,15 +1,7 @@
-"""Per-module unwind tables ("stack deltas") derived from DWARF call frame information.
+"""Decoding a module's DWARF call frame information into stack deltas (pyelftools).
 
-The eBPF unwinder cannot interpret DWARF CFI at sample time, so - like a profiler's
-user-space agent - we pre-digest each module's .eh_frame/.debug_frame into a flat,
-sorted list of (address, rule) pairs. Each rule says how to find the caller's frame
-(CFA, saved frame pointer, return address) for every PC up to the next entry; the C
-side binary-searches this list. The CFA_* constants below are the rule vocabulary
-shared with the C code (`enum cfa_op` in bpf_src/types.h; tests/test_abi_constants.py
-checks that the two agree).
-
-Extraction is slow (pure-Python DWARF decoding, ~1 s for libc), so results are
-cached per module content hash in a compact, checksummed binary file.
+The slow part of unwind_data, on its own so that only a cold run imports the
+decoder: everything warm reads the cache in harness/unwind_data/__init__.py.
 """
 
 from __future__ import annotations
@@ -17,16 +9,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 import struct
-import sys
-import zlib
-from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from elftools.common.exceptions import ELFError
@@ -44,69 +31,21 @@ from elftools.dwarf.structs import DWARFStructs
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import Section
 
-from .arch import AMD64, ARCHES, ARM64, Arch
-from .errors import UnwindDataError
-from .files import atomic_file
+from ..arch import AMD64, ARCHES, Arch
+from ..errors import UnwindDataError
+from .model import (
+    _INVALID_RULE,
+    _SIGNAL_RULE,
+    _STOP_RULE,
+    CFA_FP,
+    CFA_PLT,
+    CFA_SP,
+    FRAME_POINTER_RULE,
+    ModuleUnwindData,
+    UnwindRule,
+)
 
-log = logging.getLogger(__name__)
-
-CFA_INVALID = 0  # no usable rule at this PC: the unwinder reports an error
-CFA_STOP = 1  # outermost frame: the return-address column is DW_CFA_undefined here
-CFA_SP = 2  # CFA = SP + cfa_param
-CFA_FP = 3  # CFA = FP + cfa_param  (FP = rbp on x86_64, x29 on aarch64)
-CFA_PLT = 4  # x86_64 PLT: CFA = RSP + cfa_param + plt_pushed_bytes(PC, aux)
-CFA_SIGNAL = 5  # signal trampoline: registers are restored from the signal frame
-
-_CFA_OPS = frozenset({CFA_INVALID, CFA_STOP, CFA_SP, CFA_FP, CFA_PLT, CFA_SIGNAL})
-
-PLT_ENTRY_SIZE = 16  # bytes of an x86_64 .plt entry (enum plt_layout in types.h)
-
-
-def plt_pushed_bytes(pc: int, aux: int) -> int:
-    """CFA_PLT: the word a PLT entry has pushed once the PC is past its push (aux)."""
-    return 8 if pc % PLT_ENTRY_SIZE >= aux else 0
-
-# Bump whenever extraction semantics or the cache layout change: old files are then
-# simply never looked at again (the version is part of the file name).
-FORMAT_VERSION = 2
-
-
-@dataclass(frozen=True)
-class UnwindRule:
-    """How to recover the caller's frame at a PC (see the CFA_* constants)."""
-
-    cfa_op: int
-    cfa_param: int = 0
-    fp_offset: int = 0  # caller's FP saved at CFA + fp_offset; 0: not saved (FP unchanged)
-    ra_offset: int = 0  # RA saved at CFA + ra_offset; 0: still in the link register (arm64)
-    aux: int = 0  # CFA_PLT only: offset in a PLT entry from which one more word is pushed
-
-
-# Used for PCs that no FDE covers (both arches): the standard frame-pointer frame.
-FRAME_POINTER_RULE = UnwindRule(CFA_FP, 16, fp_offset=-16, ra_offset=-8)
-
-_INVALID_RULE = UnwindRule(CFA_INVALID)
-_STOP_RULE = UnwindRule(CFA_STOP)
-_SIGNAL_RULE = UnwindRule(CFA_SIGNAL)
-
-
-@dataclass
-class ModuleUnwindData:
-    """Stack deltas of one ELF module.
-
-    ``deltas`` is sorted by ELF virtual address; entry i applies to
-    [vaddr_i, vaddr_{i+1}) and the last one to the end of the module. An empty list
-    means the module has no CFI at all and the unwinder should use frame pointers.
-    """
-
-    machine: str  # "amd64" or "arm64"
-    deltas: list[tuple[int, UnwindRule]]
-    fde_count: int  # FDEs decoded successfully
-    fde_errors: int  # FDEs skipped because pyelftools raised or the FDE was malformed
-    sources: list[str]  # CFI sections used, e.g. [".eh_frame", ".debug_frame"]
-    # [start, end) of every FDE over code, in section order (.eh_frame first): the
-    # function bounds of the instruction-level tools (harness/check/code.py)
-    fde_ranges: list[tuple[int, int]] = field(default_factory=list)
+log = logging.getLogger("harness.unwind_data")
 
 
 @dataclass(frozen=True)
@@ -491,147 +430,3 @@ def _build_deltas(segments: list[tuple[int, int, UnwindRule]]) -> list[tuple[int
 
 
 # ------------------------------------------------------------------------------ caching
-
-# Layout (little-endian): header, meta (content id and source names, "\n"-separated),
-# n_rules x 5 int32 (cfa_op, cfa_param, fp_offset, ra_offset, aux), n_deltas uint64
-# vaddrs, n_deltas uint32 rule indices, n_fdes x 2 uint64 FDE ranges, then a CRC32
-# of everything before it.
-_MAGIC = b"UNWDELTA"
-_HEADER = struct.Struct("<8sHHIIIIII")  # magic, version, machine, fde_count, fde_errors,
-#                                          n_rules, n_deltas, n_fdes, meta_len
-_RULE = struct.Struct("<5i")
-_CRC = struct.Struct("<I")
-_MACHINES = [AMD64, ARM64]  # the header stores the index: append only
-_CONTENT_ID = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def load_unwind_data(
-    path: str | os.PathLike[str], content_id: str, cache_dir: str | os.PathLike[str]
-) -> ModuleUnwindData:
-    """Stack deltas for ``path``, from ``<cache_dir>/unwind/`` when possible.
-
-    ``content_id`` must identify the file's content (e.g. a hash); it names the cache
-    file, so a changed module is never served stale data. An invalid cache file is
-    ignored and replaced. Writing is atomic, so concurrent workers are safe.
-    """
-    if not _CONTENT_ID.fullmatch(content_id) or content_id.startswith("."):
-        raise ValueError(f"content_id {content_id!r} is not usable as a file name")
-    cache_file = Path(cache_dir) / "unwind" / f"{content_id}.v{FORMAT_VERSION}.bin"
-    try:
-        blob = cache_file.read_bytes()
-    except OSError:
-        blob = None
-    if blob is not None:
-        cached = _decode_cache(blob, content_id)
-        if cached is not None:
-            return cached
-        log.info("ignoring invalid unwind cache %s", cache_file)
-    data = extract_unwind_data(path)
-    _write_atomically(cache_file, _encode_cache(data, content_id))
-    return data
-
-
-@lru_cache(maxsize=64)
-def _loaded(path: str, content_id: str, cache_dir: str) -> ModuleUnwindData:
-    return load_unwind_data(path, content_id, cache_dir)
-
-
-def module_unwind_data(path: str | os.PathLike[str], content_id: str,
-                       cache_dir: str | os.PathLike[str]) -> ModuleUnwindData:
-    """load_unwind_data, remembered for the life of the process.
-
-    A module's content never changes under its content id, so everything in one
-    process that needs its unwind data (the agent filling the maps, the site
-    classifier, the validators) shares one decoded copy. Callers must not modify it.
-    """
-    return _loaded(os.fspath(path), content_id, os.fspath(cache_dir))
-
-
-def _encode_cache(data: ModuleUnwindData, content_id: str) -> bytes:
-    rule_index: dict[UnwindRule, int] = {}
-    indices = array("I", (rule_index.setdefault(r, len(rule_index)) for _, r in data.deltas))
-    vaddrs = array("Q", (addr for addr, _ in data.deltas))
-    ranges = array("Q", (bound for fde in data.fde_ranges for bound in fde))
-    if sys.byteorder == "big":
-        indices.byteswap()
-        vaddrs.byteswap()
-        ranges.byteswap()
-    meta = "\n".join([content_id, *data.sources]).encode()
-    parts = [
-        _HEADER.pack(
-            _MAGIC,
-            FORMAT_VERSION,
-            _MACHINES.index(data.machine),
-            data.fde_count,
-            data.fde_errors,
-            len(rule_index),
-            len(data.deltas),
-            len(data.fde_ranges),
-            len(meta),
-        ),
-        meta,
-        b"".join(
-            _RULE.pack(r.cfa_op, r.cfa_param, r.fp_offset, r.ra_offset, r.aux) for r in rule_index
-        ),
-        vaddrs.tobytes(),
-        indices.tobytes(),
-        ranges.tobytes(),
-    ]
-    body = b"".join(parts)
-    return body + _CRC.pack(zlib.crc32(body))
-
-
-def _decode_cache(blob: bytes, content_id: str) -> ModuleUnwindData | None:
-    """Parse a cache file; None if it is in any way not what we wrote."""
-    if len(blob) < _HEADER.size + _CRC.size:
-        return None
-    magic, version, machine, fde_count, fde_errors, n_rules, n_deltas, n_fdes, meta_len = (
-        _HEADER.unpack_from(blob)
-    )
-    expected = (_HEADER.size + meta_len + n_rules * _RULE.size + n_deltas * 12 + n_fdes * 16
-                + _CRC.size)
-    if magic != _MAGIC or version != FORMAT_VERSION or len(blob) != expected:
-        return None
-    body = memoryview(blob)[: -_CRC.size]
-    if _CRC.unpack_from(blob, len(body))[0] != zlib.crc32(body) or machine >= len(_MACHINES):
-        return None
-    pos = _HEADER.size
-    try:
-        stored_id, *sources = bytes(body[pos : pos + meta_len]).decode().split("\n")
-    except UnicodeDecodeError:
-        return None
-    if stored_id != content_id:
-        return None
-    pos += meta_len
-    rules_end = pos + n_rules * _RULE.size
-    rules = [UnwindRule(*fields) for fields in _RULE.iter_unpack(body[pos:rules_end])]
-    vaddrs, indices, ranges = array("Q"), array("I"), array("Q")
-    indices_start = rules_end + n_deltas * 8
-    ranges_start = indices_start + n_deltas * 4
-    vaddrs.frombytes(body[rules_end:indices_start])
-    indices.frombytes(body[indices_start:ranges_start])
-    ranges.frombytes(body[ranges_start:])
-    if sys.byteorder == "big":
-        vaddrs.byteswap()
-        indices.byteswap()
-        ranges.byteswap()
-    if any(r.cfa_op not in _CFA_OPS for r in rules) or (indices and max(indices) >= n_rules):
-        return None
-    return ModuleUnwindData(
-        machine=_MACHINES[machine],
-        deltas=list(zip(vaddrs, (rules[i] for i in indices), strict=True)),
-        fde_count=fde_count,
-        fde_errors=fde_errors,
-        sources=sources,
-        fde_ranges=list(zip(ranges[::2], ranges[1::2], strict=True)),
-    )
-
-
-def _write_atomically(target: Path, payload: bytes) -> None:
-    """Readers never see a partial file (files.atomic_file). Failure to cache is
-    not fatal: the caller already has the data."""
-    try:
-        with atomic_file(target) as out:
-            out.write(payload)
-    except OSError as exc:
-        log.warning("cannot write unwind cache %s: %s", target, exc)
