@@ -4,7 +4,7 @@
  * (harness/bpf/debuginfo.py): a field or constant added here reaches Python
  * with no change there. Python names fields, not offsets; the contract it
  * relies on is in harness/bpf/abi.py and the README ("Bring your own
- * unwinder"). The CFA ops are produced by harness/unwind_data.py, which is
+ * unwinder"). The CFA ops are produced by harness/unwind_data/, which is
  * checked against enum cfa_op when the unwinder is loaded.
  *
  * The target architecture is chosen by a macro, never by the compiler's own
@@ -83,7 +83,7 @@ enum unwind_prog {
 /* ---- Unwind rules (stack deltas) ---------------------------------------- */
 
 /* How the canonical frame address (the caller's SP) is computed.
- * Values equal harness/unwind_data.py's CFA_* constants, which produce them. */
+ * Values equal harness/unwind_data/model.py's CFA_* constants, which produce them. */
 enum cfa_op {
   CFA_INVALID = 0, /* no usable rule here: error */
   CFA_STOP = 1,    /* outermost frame: the return address is undefined */

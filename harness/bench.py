@@ -13,13 +13,15 @@ every tool alike:
 - in one process, replaying the case repeatedly, from which a least-squares
   fit over all cases gives the cost per thread and per frame.
 
-Each run is a child process timed with wall-clock time and its peak RSS
-(os.wait4). Results are medians. Nothing here asserts a speed: the numbers are
-for people (README "Performance") and machines (`-json`).
+Each run is a child process timed with wall-clock time, and its peak RSS
+taken by GNU time where installed. Results are medians. Nothing here asserts a
+speed: the numbers are for people (README "Performance") and for machines
+(`-json`).
 """
 
 from __future__ import annotations
 
+import compileall
 import os
 import shutil
 import statistics
@@ -91,34 +93,40 @@ class BenchReport:
         return doc
 
 
+# Peak RSS through GNU time's %M where it exists: a child's own ru_maxrss counts the
+# pages it shared with this Python process before exec, which swamps small tools.
+TIME = "/usr/bin/time"
+
+
 def run_timed(argv: Sequence[str], env: dict[str, str] | None = None,
               timeout: float = 300, ok: tuple[int, ...] = (0,)) -> Sample:
-    """One child run: wall-clock seconds and peak RSS; output discarded."""
+    """One child run: wall-clock seconds and peak RSS (KB, 0 if unknown); output
+    discarded. The time includes GNU time's own start (about a millisecond)."""
+    with tempfile.NamedTemporaryFile(prefix="coredump-bench-rss-") as rss_file:
+        wrapped = [TIME, "-q", "-f", "%M", "-o", rss_file.name, *argv] \
+            if os.access(TIME, os.X_OK) else list(argv)
+        sample = _run(wrapped, env, timeout, ok)
+        if wrapped[0] == TIME:
+            text = Path(rss_file.name).read_text().strip().splitlines()
+            sample.rss_kb = int(text[-1]) if text and text[-1].isdigit() else 0
+        return sample
+
+
+def _run(argv: Sequence[str], env: dict[str, str] | None, timeout: float,
+         ok: tuple[int, ...]) -> Sample:
     start = time.perf_counter()
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env=env)
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env=env, timeout=timeout)
     except OSError as e:
         raise HarnessError(f"cannot run {argv[0]}: {e}") from e
-    deadline = start + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            proc.wait()
-            raise HarnessError(f"{' '.join(argv[:3])} ... took more than {timeout:.0f} s")
-        time.sleep(0.0005)
+    except subprocess.TimeoutExpired as e:
+        raise HarnessError(f"{' '.join(argv[:4])} ... took more than {timeout:.0f} s") from e
     seconds = time.perf_counter() - start
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in ok:
-        raise HarnessError(f"{' '.join(argv[:4])} ... exited {proc.returncode}: "
-                           f"{stderr.strip()[-300:]}")
-    return Sample(seconds, usage.ru_maxrss)
+        stderr = proc.stderr.decode(errors="replace").strip()[-300:]
+        raise HarnessError(f"{' '.join(argv[:6])} ... exited {proc.returncode}: {stderr}")
+    return Sample(seconds, 0)
 
 
 def _cold_cache(tmp: Path) -> Path:
@@ -145,7 +153,7 @@ class _Runs:
     """The argv of every tool for one case, and the results gathered over rounds."""
 
     def __init__(self, case_path: Path, sysroot_dir: Path, cold_dir: Path,
-                 peers: bool) -> None:
+                 peers: bool, baseline: Path | None = None) -> None:
         case = load_case(case_path)
         process = open_case(case, store_for(case))
         try:
@@ -161,6 +169,15 @@ class _Runs:
             f"{OURS} (cold)": (ours, dict(os.environ, **{CACHE_ENV: str(cold_dir)})),
         }
         self.ok: dict[str, tuple[int, ...]] = {}
+        if baseline is not None:
+            # Another checkout of the harness, same case, same caches for what it shares.
+            # The editable install's import hook would find this checkout first: drop it.
+            code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' "
+                    f"not in type(f).__module__]; sys.path.insert(0, {str(baseline)!r}); "
+                    "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
+            env = dict(os.environ, **{CACHE_ENV: str(cache_root())})
+            self.argv[f"{OURS} (baseline {baseline.name}, warm)"] = (
+                [sys.executable, "-c", code, *ours[3:]], env)
         self.cold_dir = cold_dir
         self.results = {name: ToolResult(name) for name in self.argv}
         if not peers:
@@ -236,10 +253,19 @@ def _fit(points: list[tuple[int, int, float]]) -> tuple[float | None, float | No
 
 
 def bench(case_paths: Sequence[Path], repeat: int = 5, peers: bool = True,
-          progress: Callable[[str], None] | None = None) -> BenchReport:
-    """Run every tool on every case `repeat` times, interleaved; see the module doc."""
+          progress: Callable[[str], None] | None = None,
+          baseline: Path | None = None) -> BenchReport:
+    """Run every tool on every case `repeat` times, interleaved; see the module doc.
+    `baseline`: another checkout of the harness whose warm analyze is timed too."""
     if repeat < 1:
         raise HarnessError("bench: -repeat must be at least 1")
+    if baseline is not None and not (baseline / "harness" / "cli").is_dir():
+        raise HarnessError(f"bench: {baseline} is not a checkout of the harness")
+    # Bytecode compiled, as after scripts/bootstrap: with PYTHONDONTWRITEBYTECODE set,
+    # every run would otherwise compile the sources again.
+    compileall.compile_dir(str(Path(__file__).resolve().parent), quiet=2)
+    if baseline is not None:
+        compileall.compile_dir(str(baseline / "harness"), quiet=2)
     cases: list[CaseBench] = []
     points = []
     with tempfile.TemporaryDirectory(prefix="coredump-bench-") as tmp:
@@ -247,7 +273,7 @@ def bench(case_paths: Sequence[Path], repeat: int = 5, peers: bool = True,
         for i, path in enumerate(case_paths):
             root = Path(tmp) / str(i)
             all_runs.append((path, _Runs(path, root / "sysroot", _cold_cache(root / "cache"),
-                                         peers)))
+                                         peers, baseline)))
         for n in range(repeat):
             for path, runs in all_runs:
                 if progress:

@@ -125,3 +125,33 @@ def test_new_pid_errors(capsys: pytest.CaptureFixture[str]) -> None:
         pytest.skip("gcore not installed")
     assert main(["new", "-pid", "999999999", "-name", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_command_groups_list_what_each_module_registers() -> None:
+    """main() imports only the group of the command it runs, found in COMMAND_GROUPS."""
+    import argparse
+    import importlib
+
+    from harness.cli import COMMAND_GROUPS, build_parser
+
+    for group, commands in COMMAND_GROUPS.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"harness.cli.{group}").register(sub)
+        assert tuple(sub.choices) == commands, group
+    full = build_parser()
+    assert full._subparsers is not None
+    names = {c for commands in COMMAND_GROUPS.values() for c in commands}
+    assert set(full._subparsers._group_actions[0].choices) == names  # type: ignore[union-attr]
+
+
+def test_running_analyze_imports_no_emulator_or_verifier() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from harness.cli import main; "
+            "main(['analyze', '-case', 'testdata/amd64/chain.O2.nofp.json', '-json']); "
+            "print(sorted(m for m in ('unicorn', 'harness.bpf.libbpf', 'harness.record.new', "
+            "'elftools.elf.elffile', 'rich') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out

@@ -16,15 +16,19 @@ the open process's own Module, so a module is not mapped a second time.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ..arch import arch_of_machine
 from ..core import elf
 from ..core.elf import SHF_EXECINSTR, SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, Ehdr, Shdr, Sym
 from ..core.module import Module
 from ..errors import HarnessError
-from ..files import sha256_file
+from ..files import atomic_path, sha256_file
 from ..paths import cache_root
 from ..unwind_data import module_unwind_data
 
@@ -71,16 +75,44 @@ _INDEX_LIMIT = 32
 _INDEXES: dict[str, CodeIndex] = {}  # by content id, oldest first
 
 
+_INDEX_VERSION = 1
+
+
 def code_index(module: Module) -> CodeIndex:
-    """The module's CodeIndex, parsed on first use and kept for later processes
-    (modules are immutable under their content id)."""
+    """The module's CodeIndex, parsed on first use and kept for later processes,
+    in memory and on disk (modules are immutable under their content id; parsing
+    libc's symbols and FDEs costs tens of milliseconds a process otherwise)."""
     index = _INDEXES.get(module.content_id)
     if index is None:
-        index = _IndexBuilder(module).build()
+        path = cache_root() / "code" / f"{module.content_id}.v{_INDEX_VERSION}.json"
+        index = _read_index(path)
+        if index is None:
+            index = _IndexBuilder(module).build()
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(_index_json(index)))
         if len(_INDEXES) >= _INDEX_LIMIT:
             del _INDEXES[next(iter(_INDEXES))]
         _INDEXES[module.content_id] = index
     return index
+
+
+def _index_json(index: CodeIndex) -> dict[str, Any]:
+    return {"arch": index.arch,
+            "sections": [dataclasses.astuple(s) for s in index.sections],
+            "symbols": [[addr, name, size] for addr, (name, size) in index.symbols.items()],
+            "functions": [dataclasses.astuple(f) for f in index.functions]}
+
+
+def _read_index(path: Path) -> CodeIndex | None:
+    """A cached index; None if absent or not what _index_json wrote."""
+    try:
+        doc = json.loads(path.read_text())
+        functions = [Function(*f) for f in doc["functions"]]
+        return CodeIndex(doc["arch"], [Section(*s) for s in doc["sections"]],
+                         {addr: (name, size) for addr, name, size in doc["symbols"]},
+                         functions, [f.start for f in functions])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class _IndexBuilder:

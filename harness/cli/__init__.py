@@ -9,27 +9,63 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import HarnessError
 from ..paths import BPF_SRC_ENV
-from . import bench, bpf, cases, check, data, debug, record
 from .common import flag
 
-# One module per group of subcommands, in the order `coredump --help` lists them.
-COMMAND_GROUPS = (record, cases, check, debug, bpf, bench, data)
+# One module per group of subcommands, in the order `coredump --help` lists them,
+# and the commands each registers. Running a command imports its group only: the
+# others' libraries (unicorn, capstone, libbpf, the gdb oracle) cost more than many
+# whole runs (tests/test_cli.py checks that this table matches the modules).
+COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
+    "record": ("new", "verify", "record-qemu"),
+    "cases": ("analyze", "replay", "rebase"),
+    "check": ("validate", "validate-deltas"),
+    "debug": ("debug", "gdb"),
+    "bpf": ("bpf-build", "bpf-verify"),
+    "bench": ("bench",),
+    "data": ("upload", "export-module", "clean"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coredump", description=__doc__.splitlines()[0])
+class _Formatter(argparse.HelpFormatter):
+    """argparse asks the terminal for its width once per flag it adds; ask once."""
+
+    _columns: int | None = None
+
+    def __init__(self, prog: str, **kwargs: object) -> None:
+        if _Formatter._columns is None:
+            _Formatter._columns = shutil.get_terminal_size().columns - 2
+        kwargs.setdefault("width", _Formatter._columns)
+        super().__init__(prog, **kwargs)  # type: ignore[arg-type]
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (for running `command`) one whose other commands are
+    placeholders that import nothing."""
+    parser = _Parser(prog="coredump", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in COMMAND_GROUPS:
-        group.register(sub)
-    for command in sub.choices.values():
-        flag(command, "bpf-src", dest="bpf_src", metavar="DIR",
+    for group, commands in COMMAND_GROUPS.items():
+        if command is None or command in commands:
+            importlib.import_module(f"{__name__}.{group}").register(sub)
+        else:
+            for name in commands:
+                sub.add_parser(name)
+    for command_parser in sub.choices.values():
+        flag(command_parser, "bpf-src", dest="bpf_src", metavar="DIR",
              help="the unwinder's sources: a directory with one .c file (default: bpf_src/, "
                   "or bpf-src in [tool.coredump]); see 'Bring your own unwinder' in the README")
     return parser
@@ -56,8 +92,16 @@ def _unwinder_sources(directory: str | None) -> Iterator[None]:
             os.environ[BPF_SRC_ENV] = before
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand argv runs, if it names one (the first word that is not a flag)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    known = {c for commands in COMMAND_GROUPS.values() for c in commands}
+    return first if first in known else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     try:
         with _unwinder_sources(getattr(args, "bpf_src", None)):

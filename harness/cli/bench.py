@@ -40,7 +40,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise HarnessError(f"bench: no case {path}")
     progress = stderr if sys.stderr.isatty() and not args.json else None
-    report = bench(paths, args.repeat, peers=not args.no_peers, progress=progress)
+    baseline = Path(args.baseline).resolve() if args.baseline else None
+    report = bench(paths, args.repeat, peers=not args.no_peers, progress=progress,
+                   baseline=baseline)
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
         print()
@@ -63,7 +65,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rss = tool.peak_rss_kb
             table.add_row(case.case if first else "", str(case.threads) if first else "",
                           str(case.frames) if first else "", name, _ms(median), ratio,
-                          "-" if rss is None else f"{rss / 1024:.0f} MB")
+                          f"{rss / 1024:.0f} MB" if rss else "-")
             first = False
         table.add_row("", "", "", "replay in one process (warm)",
                       f"{case.replay_s * 1e3:.2f} ms", "", "", end_section=True)
@@ -85,5 +87,8 @@ def register(sub: Subparsers) -> None:
     flag(p, "repeat", type=int, default=5, help="interleaved rounds (default 5)")
     flag(p, "no-peers", dest="no_peers", action="store_true",
          help="time only our own analyze and replay")
+    flag(p, "baseline", metavar="DIR",
+         help="another checkout of the harness (e.g. a git worktree of main) whose warm "
+              "analyze is timed in the same rounds")
     flag(p, "json", action="store_true", help="the report as JSON on stdout")
     p.set_defaults(func=cmd_bench)

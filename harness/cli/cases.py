@@ -8,12 +8,8 @@ import json
 import logging
 import sys
 
-from rich.console import Console
-from rich.table import Table
-
 from ..bpf.bridge import trace_log
 from ..cases.case_file import load_case
-from ..check.sites import top_frame_sites
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
 from ..core.process import Process
@@ -43,6 +39,8 @@ def _print_threads(threads: list[tuple[int, list[str]]], as_json: bool,
 
 def _site_texts(process: Process) -> dict[int, str]:
     """Each thread's PC classified (prologue, body, epilogue, return) for display."""
+    from ..check.sites import top_frame_sites  # capstone: only when printing sites
+
     return {lwp: site.describe() for lwp, site in top_frame_sites(process).items()}
 
 
@@ -82,6 +80,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title="coredump replay")
     for column in ("case", "threads", "frames", "result", "time"):
         table.add_column(column, justify="left" if column in ("case", "result") else "right")
