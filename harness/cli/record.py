@@ -39,9 +39,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         case = load_case(path)
         comparison = verify_case(case)
         if not comparison.problems:
-            print(f"{path}: matches gdb")
-        elif case.gdb_differences:
-            print(f"{path}: differs from gdb, explained: {case.gdb_differences}")
+            explained = len(comparison.waived)
+            print(f"{path}: matches gdb" + (f" apart from {explained} explained "
+                                            f"difference(s)" if explained else ""))
+            for w in comparison.waived:
+                print(f"  thread {w.lwp} frame #{w.frame}: {w.why}")
         else:
             failures += 1
             print(f"{path}: DIFFERS from gdb:\n  " + "\n  ".join(comparison.problems))
@@ -71,7 +73,8 @@ def register(sub: Subparsers) -> None:
          help="bundle no module; replay rebuilds them from the core's memory (needs a "
               "core with file pages: coredump_filter 0x3f, set by -pid itself)")
     flag(p, "gdb-differences", dest="gdb_differences",
-         help="record even though gdb disagrees, with this explanation")
+         help="record even though gdb disagrees: each difference found now is stored "
+              "as a waiver with this explanation (any later difference still fails)")
     flag(p, "no-gdb-check", dest="no_gdb_check", action="store_true",
          help="skip the gdb comparison")
     flag(p, "force", action="store_true", help="overwrite an existing case")

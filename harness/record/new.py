@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cases.case_file import ModuleRef, TestCase, ThreadFrames
+from ..arch import host_arch
+from ..cases.case_file import GdbWaiver, ModuleRef, TestCase, ThreadFrames
 from ..cases.store import BlobStore
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
@@ -63,6 +64,12 @@ def _check_name(name: str) -> None:
         raise HarnessError(f"invalid case name {name!r}")
 
 
+def _check_free(target: Path, force: bool) -> None:
+    """A taken name fails before any work (a gcore of a large process takes minutes)."""
+    if target.exists() and not force:
+        raise HarnessError(f"{target} exists; choose another name or pass -force")
+
+
 def record_case(name: str, *, core: str | Path | None = None, pid: int | None = None,
                 sysroot: str | Sequence[str] | None = None, executable: str | None = None,
                 store: BlobStore | None = None, testdata: Path = TESTDATA,
@@ -82,6 +89,9 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         raise HarnessError("give exactly one of -core FILE and -pid PID")
     _check_name(name)
     store = store or BlobStore(testdata / "blobs")
+    if pid is not None:
+        # gcore writes a core of this machine's architecture.
+        _check_free(testdata / (host_arch() or "unknown") / f"{name}.json", force)
     with tempfile.TemporaryDirectory(prefix="coredump-new-") as tmp:
         if pid is not None:
             progress(f"running gcore on pid {pid}")
@@ -93,7 +103,9 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         assert core is not None
         core_path = Path(core)
         core_file = CoreFile(core_path)
+        target = testdata / core_file.machine / f"{name}.json"
         try:
+            _check_free(target, force)
             files: Mapping[str, tuple[str | Path, str | None]]
             if bundle_modules:
                 files = discover_modules(core_file, sysroot, executable=executable,
@@ -104,23 +116,19 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         except BaseException:
             core_file.close()
             raise
-        target = testdata / core_file.machine / f"{name}.json"
-        if target.exists() and not force:
-            core_file.close()
-            raise HarnessError(f"{target} exists; choose another name or pass -force")
 
         progress(f"unwinding {core_path.name} ({core_file.machine}, {len(files)} modules "
                  "on disk)")
         process = process_from(core_file, files)
         try:
-            threads, module_refs = _unwind_and_bundle(process, core_path, store, bundle_modules,
-                                                      check_gdb, gdb_differences, progress)
+            threads, module_refs, waivers = _unwind_and_bundle(
+                process, core_path, store, bundle_modules, check_gdb, gdb_differences, progress)
         finally:
             process.close()
         progress(f"storing the core ({core_path.stat().st_size} bytes)")
         core_ref = store.put_file(core_path)
 
-    case = TestCase(core_ref, threads, module_refs, gdb_differences=gdb_differences,
+    case = TestCase(core_ref, threads, module_refs, gdb_differences=waivers,
                     no_module_bundling=not bundle_modules)
     case.path = target
     _check_replay(case, store, threads)
@@ -130,11 +138,16 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
 
 def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                        bundle_modules: bool, check_gdb: bool, gdb_differences: str | None,
-                       progress: Progress) -> tuple[list[ThreadFrames], list[ModuleRef]]:
-    """Unwind every thread, check with gdb, store the modules to bundle."""
+                       progress: Progress
+                       ) -> tuple[list[ThreadFrames], list[ModuleRef], list[GdbWaiver]]:
+    """Unwind every thread, check with gdb, store the modules to bundle.
+
+    With `gdb_differences` (the reason), each difference gdb shows becomes one
+    waiver carrying that reason, so later differences are not covered by it."""
     tracker = ReadTracker(process)
     result = unwind_process(process, reader=tracker.read)
     threads = thread_frames(result)
+    waivers: list[GdbWaiver] = []
     if check_gdb:
         gdb = gdb_for(process.arch)
         if gdb_available(gdb) is None:
@@ -142,17 +155,25 @@ def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                                "pass -no-gdb-check")
         progress("comparing with gdb")
         comparison = compare_with_gdb(process, core_path, threads)
-        if comparison.problems and not gdb_differences:
+        if comparison.unwaivable or (comparison.problems and not gdb_differences):
             raise HarnessError(
                 "the unwinder disagrees with gdb; fix it, or record anyway with "
-                "-gdb-differences \"explanation\":\n" + "\n".join(comparison.problems))
+                "-gdb-differences \"explanation\" (stored per frame, for these differences "
+                "only):\n" + "\n".join(comparison.problems))
+        if gdb_differences:
+            if not comparison.differences:
+                raise HarnessError("-gdb-differences was given but gdb agrees with every "
+                                   "frame: record without it")
+            waivers = [d.waiver(gdb_differences) for d in comparison.differences]
+            for d in comparison.differences:
+                progress(f"waived: {d.describe()}")
     module_refs = []
     if bundle_modules:
         for path in _bundled_modules(process, result.touched_file_ids, tracker.files):
             progress(f"storing {path}")
             module_refs.append(ModuleRef(store.put_file(process.modules[path].local_path),
                                          path))
-    return threads, module_refs
+    return threads, module_refs, waivers
 
 
 def _check_replay(case: TestCase, store: BlobStore, threads: list[ThreadFrames]) -> None:
