@@ -12,10 +12,14 @@ lookup of core/symbols.py) adds text beside a frame for display only.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Hunk", "hunks", "frame_diff"]
+from .core.module import Module
+from .core.symbols import SymbolTable, module_symbols
+
+__all__ = ["Hunk", "hunks", "frame_diff", "frame_annotator", "annotated"]
 
 # Equal frames shown around a change; longer equal runs are folded.
 CONTEXT = 2
@@ -54,9 +58,7 @@ def _line(mark: str, exp_index: int | None, act_index: int | None, frame: str,
           annotate: Annotate | None) -> str:
     left = f"#{exp_index}" if exp_index is not None else ""
     right = f"#{act_index}" if act_index is not None else ""
-    note = annotate(frame) if annotate else None
-    text = f"{frame:<36}  {note}" if note else frame
-    return f"  {mark} {left:>4} {right:>4}  {text}".rstrip()
+    return f"  {mark} {left:>4} {right:>4}  {annotated(frame, annotate)}".rstrip()
 
 
 def frame_diff(expected: list[str], actual: list[str], *, expected_name: str = "expected",
@@ -91,3 +93,34 @@ def frame_diff(expected: list[str], actual: list[str], *, expected_name: str = "
         for j in range(j1, j2):
             lines.append(_line("+", None, j, actual[j], annotate))
     return "\n".join(lines)
+
+
+NATIVE_FRAME = re.compile(r"(?P<module>[^<\s][^\s]*)\+0x(?P<addr>[0-9a-f]+)")
+
+
+def frame_annotator(modules: Iterable[Module]) -> Annotate:
+    """`clock_nanosleep+0x65` for `libc.so.6+0xcf545`, from the modules' symbols
+    (core/symbols.py), or None. Tables are read on first use, so a diff that shows
+    no frame costs nothing; the modules must stay open while it is used."""
+    by_name: dict[str, Module] = {}
+    for module in modules:
+        by_name.setdefault(module.name, module)
+    tables: dict[str, SymbolTable] = {}
+
+    def annotate(frame: str) -> str | None:
+        found = NATIVE_FRAME.fullmatch(frame)
+        module = by_name.get(found["module"]) if found else None
+        if found is None or module is None:
+            return None
+        table = tables.get(module.name)
+        if table is None:
+            table = tables[module.name] = module_symbols(module)
+        return table.lookup(int(found["addr"], 16))
+
+    return annotate
+
+
+def annotated(frame: str, annotate: Annotate | None, width: int = 36) -> str:
+    """A frame with its symbol beside it, for printing."""
+    note = annotate(frame) if annotate else None
+    return f"{frame:<{width}}  {note}" if note else frame

@@ -8,6 +8,7 @@ subcommands (its `register`); nothing in the library imports this package.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,10 +31,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return status
     except HarnessError as e:
         print(f"coredump: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("coredump: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`coredump list | head`): end quietly, as `cat` does.
+    stdout is pointed at /dev/null so the interpreter's final flush cannot raise."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file descriptor (tests capture it)
+    return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the pipe

@@ -1,4 +1,4 @@
-"""`coredump analyze`, `replay` and `rebase`: the unwinder over cases and cores."""
+"""`coredump analyze`, `replay`, `rebase` and `list`: the unwinder over cases and cores."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ from rich.console import Console
 from rich.table import Table
 
 from ..bpf.bridge import trace_log
-from ..cases.case_file import load_case
+from ..cases.case_file import TestCase, load_case
 from ..check.sites import top_frame_sites
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
 from ..core.process import Process
+from ..diffing import Annotate, annotated, frame_annotator
 from ..errors import HarnessError
+from ..record.catalog import summarize
+from ..record.gdb_oracle import gdb_available, gdb_for
+from ..record.verify import verify_case
 from ..replay import (
     open_case,
     process_from,
@@ -26,19 +30,18 @@ from ..replay import (
     thread_frames,
     unwind_process,
 )
-from .common import Subparsers, case_paths, flag, stderr
+from .common import Subparsers, case_paths, flag, one_case, stderr
 
 
-def _print_threads(threads: list[tuple[int, list[str]]], as_json: bool,
-                   sites: dict[int, str] | None = None) -> None:
-    if as_json:
-        print(json.dumps([{"lwp": lwp, "frames": frames} for lwp, frames in threads], indent=2))
-        return
+def _thread_lines(threads: list[tuple[int, list[str]]], sites: dict[int, str] | None,
+                  annotate: Annotate | None) -> list[str]:
+    """Each thread's frames for a person: the case-file string, then the symbol."""
+    lines = []
     for lwp, frames in threads:
         site = (sites or {}).get(lwp)
-        print(f"PID: {lwp}" + (f"  (PC at: {site})" if site else ""))
-        for i, frame in enumerate(frames):
-            print(f"  #{i:<3} {frame}")
+        lines.append(f"PID: {lwp}" + (f"  (PC at: {site})" if site else ""))
+        lines += [f"  #{i:<3} {annotated(frame, annotate)}" for i, frame in enumerate(frames)]
+    return lines
 
 
 def _site_texts(process: Process) -> dict[int, str]:
@@ -69,15 +72,22 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise HarnessError("give exactly one of -case FILE and -core FILE")
     if args.debug_ebpf:
         _show_debug_prints()
-    case = load_case(args.case) if args.case else None
+    case_path = one_case(args.case)
+    case = load_case(case_path) if case_path else None
     process = open_case(case) if case else _open_core(args.core, args.sysroot)
     try:
         threads = replay_process(case, process).actual if case else \
             thread_frames(unwind_process(process))
-        sites = None if args.json else _site_texts(process)
+        if not args.json:
+            # Symbols need the modules open; the JSON keeps the case-file format.
+            lines = _thread_lines([(t.lwp, t.frames) for t in threads], _site_texts(process),
+                                  frame_annotator(process.modules.values()))
     finally:
         process.close()
-    _print_threads([(t.lwp, t.frames) for t in threads], args.json, sites)
+    if args.json:
+        print(json.dumps([{"lwp": t.lwp, "frames": t.frames} for t in threads], indent=2))
+    else:
+        print("\n".join(lines))
     return 0
 
 
@@ -85,7 +95,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     table = Table(title="coredump replay")
     for column in ("case", "threads", "frames", "result", "time"):
         table.add_column(column, justify="left" if column in ("case", "result") else "right")
-    failures = 0
+    failed: list[str] = []
     for path in case_paths(args.cases):
         case = load_case(path)
         label = f"{path.parent.name}/{path.stem}"
@@ -93,20 +103,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
             table.add_row(label, str(len(case.threads)), "-", f"skip: {case.skip}", "-")
             continue
         result = replay_case(case)
-        failures += not result.ok
         table.add_row(label, str(len(result.actual)), str(result.frame_count),
                       "[green]pass[/]" if result.ok else "[red]FAIL[/]",
                       f"{result.seconds * 1000:.0f} ms")
-        if not result.ok and args.verbose:
-            stderr(f"{label}:\n" + "\n".join(result.problems))
+        if not result.ok:
+            failed.append(f"{label}:\n" + "\n".join(result.problems))
+    # Table and diffs on one stream, in this order, so a pipe keeps them together.
     Console().print(table)
-    if failures:
-        stderr(f"{failures} case(s) failed; `pytest -k NAME` shows the frame diff")
-    return 1 if failures else 0
+    for report in failed:
+        print("\n" + report)
+    if failed:
+        print(f"\n{len(failed)} case(s) failed")
+    return 1 if failed else 0
+
+
+def _oracle_report(case: TestCase) -> list[str]:
+    """gdb's verdict on a rebased case: [] if it agrees (apart from waivers)."""
+    gdb = gdb_for(case.path.parent.name if case.path else "amd64")
+    if gdb_available(gdb) is None:
+        return [f"not checked against gdb: {gdb} with Python support is not installed "
+                "(-no-verify silences this)"]
+    return verify_case(case).problems
 
 
 def cmd_rebase(args: argparse.Namespace) -> int:
-    changed = 0
+    changed = disagree = 0
     for path in case_paths(args.cases):
         case = load_case(path)
         result = replay_case(case)
@@ -116,16 +137,44 @@ def cmd_rebase(args: argparse.Namespace) -> int:
         print(f"{path}:")
         for problem in result.problems:
             print("  " + problem.replace("\n", "\n  "))
+        rebased = dataclasses.replace(case, threads=result.actual)
+        if not args.no_verify:
+            oracle = _oracle_report(rebased)
+            disagree += bool(oracle) and not oracle[0].startswith("not checked")
+            verdict = "gdb agrees with the new frames" if not oracle else \
+                "the oracle disagrees with the new frames:\n" + "\n".join(oracle)
+            print("  " + verdict.replace("\n", "\n  "))
         if not args.dry_run:
-            dataclasses.replace(case, threads=result.actual).save(path)
+            rebased.save(path)
     verb = "would change" if args.dry_run else "changed"
     print(f"{changed} case(s) {verb}")
+    if disagree:
+        print(f"{disagree} of them disagree with gdb: fix the unwinder, or re-record with "
+              "-gdb-differences if the difference is understood (`coredump verify` shows it)")
+    return 1 if disagree else 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    table = Table(title="coredump list")
+    for column in ("case", "threads", "frames", "modules", "size", "recorded", "skip"):
+        table.add_column(column, justify="right" if column in (
+            "threads", "frames", "modules", "size") else "left")
+    for path in case_paths(args.cases):
+        s = summarize(path)
+        table.add_row(s.label, str(s.threads), str(s.frames), str(s.modules),
+                      _size(s.stored_bytes), s.recorded, s.skip or "")
+    # Wide enough for every column when piped (rich assumes 80 columns there).
+    Console(width=max(Console().width, 120)).print(table)
     return 0
 
 
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("analyze", help="print each thread's frames for a case or a core")
-    flag(p, "case", help="a case file")
+    flag(p, "case", help="a case: its file, arch/name or name")
     flag(p, "core", help="a core file (modules from -sysroot or the local disk)")
     flag(p, "sysroot", action="append",
          help="look the core's files up under this directory (repeatable: searched in "
@@ -136,11 +185,20 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("replay", help="replay cases and print a table (all by default)")
-    p.add_argument("cases", nargs="*", help="case files (default: testdata/*/*.json)")
-    flag(p, "verbose", action="store_true", help="print frame diffs of failures")
+    p.add_argument("cases", nargs="*", help="cases: files, arch/name or name (exact, unlike "
+                   "pytest -k; default: testdata/*/*.json)")
+    flag(p, "verbose", action="store_true",
+         help="accepted for compatibility; failures always print their frame diffs")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("rebase", help="rewrite expected frames from the current unwinder")
-    p.add_argument("cases", nargs="*", help="case files (default: all)")
+    p.add_argument("cases", nargs="*", help="cases: files, arch/name or name (default: all)")
     flag(p, "dry-run", dest="dry_run", action="store_true", help="show changes only")
+    flag(p, "no-verify", dest="no_verify", action="store_true",
+         help="do not re-check changed cases against gdb")
     p.set_defaults(func=cmd_rebase)
+
+    p = sub.add_parser("list", help="the cases: arch, threads, frames, modules, size, how "
+                       "recorded, skip reason")
+    p.add_argument("cases", nargs="*", help="cases: files, arch/name or name (default: all)")
+    p.set_defaults(func=cmd_list)

@@ -21,11 +21,11 @@ from ..check.case_check import INCONCLUSIVE, MATCH, MISMATCH, SKIPPED, validate_
 from ..check.delta_check import validate_module
 from ..errors import HarnessError
 from ..paths import TESTDATA
-from .common import Subparsers, flag
+from .common import Subparsers, case_paths, flag, one_case
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.case] if args.case else find_cases(TESTDATA)
+    paths = case_paths(args.case) if args.case else find_cases(TESTDATA)
     if not paths:
         raise HarnessError("no cases found; pass -case FILE")
     failed = 0
@@ -83,7 +83,7 @@ def _progress() -> Callable[[int, int, str], None] | None:
 
 
 def cmd_validate_deltas(args: argparse.Namespace) -> int:
-    path, label = _module_path(args.module, args.case)
+    path, label = _module_path(args.module, one_case(args.case))
     check = validate_module(path, args.function, max_instructions=args.max_instructions,
                             progress=_progress(), label=label)
     for line in check.report(args.show):
@@ -97,7 +97,8 @@ def cmd_validate_deltas(args: argparse.Namespace) -> int:
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("validate", help="check each thread's top frame against unicorn's "
                                         "execution to the function's return")
-    flag(p, "case", action="append", help="a case file (repeatable; default: every case)")
+    flag(p, "case", action="append", help="a case: file, arch/name or name (repeatable; "
+         "default: every case)")
     flag(p, "max-instructions", dest="max_instructions", type=int, default=100_000,
          help="instruction bound per thread (default 100000)")
     flag(p, "verbose", action="store_true", help="details for matching threads too")
@@ -107,7 +108,8 @@ def register(sub: Subparsers) -> None:
                        help="single-step a module's functions and check every stack delta")
     p.add_argument("module", help="an ELF file, a blob id, or with -case a module name "
                                   "of that case (e.g. libc.so.6)")
-    flag(p, "case", help="take the module from this case's bundled modules")
+    flag(p, "case", help="take the module from this case's bundled modules (file, "
+         "arch/name or name)")
     flag(p, "function", help="check only this function (name or address)")
     flag(p, "max-instructions", dest="max_instructions", type=int, default=2000,
          help="instruction bound per function (default 2000)")

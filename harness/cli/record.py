@@ -82,7 +82,7 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_new)
 
     p = sub.add_parser("verify", help="compare cases with gdb's backtraces")
-    p.add_argument("cases", nargs="*", help="case files (default: all)")
+    p.add_argument("cases", nargs="*", help="cases: files, arch/name or name (default: all)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("record-qemu", help="record an arm64 case by running a program under "

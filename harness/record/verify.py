@@ -23,7 +23,7 @@ from pathlib import Path
 from ..cases.case_file import GdbWaiver, TestCase, ThreadFrames
 from ..cases.store import BlobStore
 from ..core.process import Process
-from ..diffing import Annotate, frame_diff, hunks
+from ..diffing import Annotate, frame_annotator, frame_diff, hunks
 from ..replay import open_case
 from .gdb_oracle import gdb_backtraces, gdb_for, make_sysroot
 
@@ -100,7 +100,8 @@ def compare_with_gdb(process: Process, core_path: str | Path,
         sysroot = make_sysroot(tmp, files)
         exe_local = os.path.join(sysroot, exe.lstrip("/"))
         theirs = gdb_frames(process, core_path, exe_local, sysroot)
-    return judge(threads, theirs, waivers, annotate)
+    return judge(threads, theirs, waivers,
+                 annotate or frame_annotator(process.modules.values()))
 
 
 def judge(threads: list[ThreadFrames], theirs: dict[int, list[str]],
