@@ -10,6 +10,9 @@ compared with gdb's backtrace of the same core and the same module files
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ from ..core.elfcore import CoreFile
 from ..core.memory_modules import module_files, require_modules
 from ..core.process import Process
 from ..errors import HarnessError
-from ..paths import TESTDATA
+from ..paths import TESTDATA, cache_root
 from ..replay import open_case, process_from, thread_frames, unwind_process
 from .gcore import full_coredump_filter, gcore
 from .gdb_oracle import gdb_available, gdb_for
@@ -104,12 +107,13 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         core_path = Path(core)
         core_file = CoreFile(core_path)
         target = testdata / core_file.machine / f"{name}.json"
+        missing: list[str] = []
         try:
             _check_free(target, force)
             files: Mapping[str, tuple[str | Path, str | None]]
             if bundle_modules:
                 files = discover_modules(core_file, sysroot, executable=executable,
-                                         progress=progress)
+                                         progress=progress, missing=missing)
             else:
                 files = module_files(core_file, progress=progress)
                 require_modules(files, core_path)
@@ -121,24 +125,51 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
                  "on disk)")
         process = process_from(core_file, files)
         try:
-            threads, module_refs, waivers = _unwind_and_bundle(
-                process, core_path, store, bundle_modules, check_gdb, gdb_differences, progress)
-        finally:
-            process.close()
-        progress(f"storing the core ({core_path.stat().st_size} bytes)")
-        core_ref = store.put_file(core_path)
-
-    case = TestCase(core_ref, threads, module_refs, gdb_differences=waivers,
-                    no_module_bundling=not bundle_modules)
-    case.path = target
-    _check_replay(case, store, threads)
+            try:
+                threads, module_refs, waivers = _unwind_and_bundle(
+                    process, core_path, store, bundle_modules, check_gdb, gdb_differences,
+                    progress, missing)
+            finally:
+                process.close()
+            progress(f"storing the core ({core_path.stat().st_size} bytes)")
+            core_ref = store.put_file(core_path)
+            case = TestCase(core_ref, threads, module_refs, gdb_differences=waivers,
+                            no_module_bundling=not bundle_modules)
+            case.path = target
+            _check_replay(case, store, threads)
+        except HarnessError as e:
+            raise HarnessError(f"{e}\n{_keep_failed(core_path, name, pid, sysroot)}") from e
     case.save(target)
     return case
 
 
+def _keep_failed(core: Path, name: str, pid: int | None,
+                 sysroot: str | Sequence[str] | None) -> str:
+    """Keep the core of a failed recording (a gcore'd process may be gone) and say
+    how to look at it."""
+    if pid is not None:
+        kept_dir = cache_root() / "failed"
+        kept_dir.mkdir(parents=True, exist_ok=True)
+        kept = kept_dir / f"{name}.{pid}.core"
+        shutil.move(core, kept)
+        core = kept
+        where = f"the core is kept at {core}"
+    else:
+        where = f"the core is {core}"
+    roots = [sysroot] if isinstance(sysroot, str) else list(sysroot or [])
+    flags = "".join(f" -sysroot {shlex.quote(str(r))}" for r in roots)
+    gdb_root = f" -ex 'set sysroot {roots[0]}'" if roots else ""
+    return (f"{where}; look at it with:\n"
+            f"  .venv/bin/coredump analyze -core {shlex.quote(str(core))}{flags}\n"
+            f"  gdb{gdb_root} -ex 'set backtrace past-main on' -c {shlex.quote(str(core))}"
+            " -ex 'thread apply all bt'\n"
+            f"  .venv/bin/coredump new -core {shlex.quote(str(core))} -name {name}{flags} "
+            "(to record it again)")
+
+
 def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                        bundle_modules: bool, check_gdb: bool, gdb_differences: str | None,
-                       progress: Progress
+                       progress: Progress, missing: Sequence[str] = ()
                        ) -> tuple[list[ThreadFrames], list[ModuleRef], list[GdbWaiver]]:
     """Unwind every thread, check with gdb, store the modules to bundle.
 
@@ -155,6 +186,15 @@ def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                                "pass -no-gdb-check")
         progress("comparing with gdb")
         comparison = compare_with_gdb(process, core_path, threads)
+        exe = process.executable_path()
+        lacking = [p for p in missing if ".so" in os.path.basename(p) or p == exe]
+        if comparison.problems and lacking:
+            # The cause, not the symptom: frames in a file we lack cannot match gdb.
+            raise HarnessError(
+                "the core maps files that the sysroot lacks, so frames in them cannot be "
+                "unwound: " + ", ".join(lacking) + "; copy them into the sysroot (or pass "
+                "another -sysroot), then record again. gdb's comparison:\n"
+                + "\n".join(comparison.problems))
         if comparison.unwaivable or (comparison.problems and not gdb_differences):
             raise HarnessError(
                 "the unwinder disagrees with gdb; fix it, or record anyway with "
