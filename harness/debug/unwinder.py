@@ -28,6 +28,10 @@ from .gdb import QUIET_GDB, check_lwp, load_case_file
 ENTRY_BREAKPOINT = "native_tracer_entry"
 # The module the Python under gdb runs.
 DEBUG_TARGET_MODULE = "harness.debug.target"
+# gdb's side: the quiet breakpoint and `quiet-run` (run by gdb, not imported).
+GDB_SCRIPT = Path(__file__).with_name("gdb_quiet.py")
+# The shared object the breakpoint waits for (bpf/build.py names it unwinder.so).
+UNWINDER_LIBRARY = "unwinder"
 
 
 @dataclass
@@ -85,20 +89,22 @@ def debug_argv(case_path: str | os.PathLike[str], lwp: int | None = None,
                gdb: str = "gdb") -> list[str]:
     """gdb's argv for single-stepping the unwinder on one case.
 
-    The breakpoint is pending: the unwinder is loaded with ctypes only after
-    Python has started, and gdb resolves the breakpoint then.
+    The unwinder is loaded with ctypes only after Python has started; gdb_quiet.py
+    sets the breakpoint when it loads and runs the program without gdb's start-up
+    notices.
     """
     target = [sys.executable, "-m", DEBUG_TARGET_MODULE, str(Path(case_path).resolve())]
     if lwp is not None:
         target += ["--lwp", str(lwp)]
     argv = [gdb, *QUIET_GDB,
-            "-ex", "set breakpoint pending on",
+            "-iex", "set print thread-events off",
             "-ex", f"directory {BPF_SRC / 'host'}",
             "-ex", f"directory {BPF_SRC}",
-            "-ex", f"break {ENTRY_BREAKPOINT}"]
+            "-x", str(GDB_SCRIPT),
+            "-ex", f"python arm({ENTRY_BREAKPOINT!r}, {UNWINDER_LIBRARY!r})"]
     argv += _python_gdb_extension()
     if run:
-        argv += ["-ex", "run"]
+        argv += ["-ex", "quiet-run"]
     return argv + list(gdb_args) + ["--args", *target]
 
 
