@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -127,3 +128,24 @@ def test_new_pid_errors(capsys: pytest.CaptureFixture[str]) -> None:
         pytest.skip("gcore not installed")
     assert main(["new", "-pid", "999999999", "-name", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_recording_progress_only_on_a_terminal() -> None:
+    """Progress lines are a live status on a terminal and absent in a log; warnings
+    show in both."""
+    import io
+
+    from rich.console import Console
+
+    from harness.cli.record import progress_reporter
+
+    for terminal in (True, False):
+        out = io.StringIO()
+        console = Console(file=out, force_terminal=terminal, width=100)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), progress_reporter(console) as progress:
+            progress("running gcore on pid 1")
+            progress("warning: /lib/x.so is not available")
+        shown = out.getvalue() + err.getvalue()
+        assert "warning: /lib/x.so is not available" in shown
+        assert ("running gcore on pid 1" in shown) == terminal

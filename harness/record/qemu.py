@@ -51,6 +51,10 @@ QEMU_EXIT_TIMEOUT = 60.0
 SITES = ("entry", "after-stp", "body", "after-ldp", "ret", "after-sub", "loop")
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
 def _require(tool: str, package: str) -> str:
     path = shutil.which(tool)
     if path is None:
@@ -174,7 +178,7 @@ def _core_limit() -> None:
 
 def freeze_under_qemu(program: list[str], workdir: str, *, sysroot: str = DEFAULT_SYSROOT,
                       site: Site | None = None, ready_timeout: float = 30.0,
-                      progress: Progress = print) -> Path:
+                      progress: Progress = _quiet) -> Path:
     """Run `program` under qemu-user and return the guest core it leaves behind."""
     qemu = _require(QEMU, "qemu-user")
     args = [qemu, "-L", sysroot, "-cpu", "max,sve=off"]
@@ -250,7 +254,7 @@ def _stop_at_site(exe: str, port: int, site: Site, progress: Progress) -> None:
 def record_under_qemu(name: str, program: list[str], *, sysroot: str = DEFAULT_SYSROOT,
                       site_spec: str | None = None, testdata: Path = TESTDATA,
                       force: bool = False, gdb_differences: str | None = None,
-                      progress: Progress = print) -> TestCase:
+                      progress: Progress = _quiet) -> TestCase:
     if not Path(program[0]).is_file():
         raise HarnessError(f"program {program[0]} does not exist (build it first, e.g. "
                            "CC=aarch64-linux-gnu-gcc testsources/build.sh "
