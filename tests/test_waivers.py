@@ -4,6 +4,7 @@ on both sides, and covers that difference only (record/verify.py)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -109,6 +110,9 @@ def test_verify_fails_on_an_unexplained_frame_in_another_thread(
     out = capsys.readouterr().out
     assert f"thread {second['lwp']} differs from gdb (1 unexplained" in out
     assert f"thread {first['lwp']} differs" not in out
+    # The oracle's diff shows symbols beside the frames, and is aligned: one `+` line.
+    assert re.search(r"^\s+#\d+\s+#\d+\s+libc\.so\.6\+0x\w+\s+\w+\+0x\w+$", out, re.M), out
+    assert len(re.findall(r"^  \+ ", out, re.M)) == 1, out
 
 
 def test_a_taken_name_fails_before_gcore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
