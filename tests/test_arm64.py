@@ -206,3 +206,31 @@ def test_record_at_a_gcc_clone(tmp_path: Path) -> None:
     frames = case.threads[0].frames
     assert frames[0].startswith("clone+") and len(frames) >= 4
     assert replay_case(case.path).ok
+
+
+@pytest.mark.qemu
+@pytest.mark.gdb
+def test_a_failed_qemu_recording_keeps_its_core(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """qemu's core lives in a temporary directory: on failure it moves to the cache."""
+    for tool, package in (("qemu-aarch64", "qemu-user"), ("gdb-multiarch", "gdb-multiarch")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (apt-get install {package})")
+    if gdb_available("gdb-multiarch") is None:
+        pytest.skip("gdb-multiarch lacks Python support")
+    from harness.errors import HarnessError
+    from harness.record import new
+
+    def fail(*_: object, **__: object) -> None:
+        raise HarnessError("simulated failure")
+
+    monkeypatch.setenv("COREDUMP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(new, "_check_replay", fail)
+    binary = _clone_binary(tmp_path)
+    with pytest.raises(HarnessError, match="simulated failure") as failure:
+        record_under_qemu("clone.kept", [str(binary)], site_spec="main+0",
+                          testdata=tmp_path / "testdata", progress=lambda _: None)
+    kept = tmp_path / "cache" / "failed" / "clone.kept.core"
+    assert kept.is_file() and f"the core is kept at {kept}" in str(failure.value)
+    with CoreFile(kept) as core:
+        assert core.machine == "arm64"

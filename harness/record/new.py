@@ -78,7 +78,7 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
                 store: BlobStore | None = None, testdata: Path = TESTDATA,
                 gdb_differences: str | None = None, check_gdb: bool = True,
                 force: bool = False, bundle_modules: bool = True,
-                progress: Progress = _quiet) -> TestCase:
+                progress: Progress = _quiet, temporary_core: bool = False) -> TestCase:
     """Create testdata/<arch>/<name>.json from a core or a running process.
 
     Module files are found in `sysroot` (one directory or several, searched in
@@ -86,7 +86,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
     the executable where the core's path for it is not under the sysroot (qemu-user
     runs it from the host). With bundle_modules=False no module is stored: replay
     rebuilds them from the core's memory (core/memory_modules.py), which needs a
-    core with file pages.
+    core with file pages. A core made for this recording (gcore, or
+    `temporary_core` as record-qemu's) is kept in the cache if the recording fails.
     """
     if (core is None) == (pid is None):
         raise HarnessError("give exactly one of -core FILE and -pid PID")
@@ -124,6 +125,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         progress(f"unwinding {core_path.name} ({core_file.machine}, {len(files)} modules "
                  "on disk)")
         process = process_from(core_file, files)
+        exe = process.executable_path()
+        exe_file = str(files[exe][0]) if exe in files else None
         try:
             try:
                 threads, module_refs, waivers = _unwind_and_bundle(
@@ -138,19 +141,22 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
             case.path = target
             _check_replay(case, store, threads)
         except HarnessError as e:
-            raise HarnessError(f"{e}\n{_keep_failed(core_path, name, pid, sysroot)}") from e
+            advice = _keep_failed(core_path, name, pid, sysroot, exe_file,
+                                  keep=temporary_core or pid is not None)
+            raise HarnessError(f"{e}\n{advice}") from e
     case.save(target)
     return case
 
 
 def _keep_failed(core: Path, name: str, pid: int | None,
-                 sysroot: str | Sequence[str] | None) -> str:
-    """Keep the core of a failed recording (a gcore'd process may be gone) and say
-    how to look at it."""
-    if pid is not None:
+                 sysroot: str | Sequence[str] | None, exe_file: str | None,
+                 keep: bool) -> str:
+    """Keep the core of a failed recording (a gcore'd process may be gone, qemu's
+    temporary directory is removed) and say how to look at it."""
+    if keep:
         kept_dir = cache_root() / "failed"
         kept_dir.mkdir(parents=True, exist_ok=True)
-        kept = kept_dir / f"{name}.{pid}.core"
+        kept = kept_dir / (f"{name}.{pid}.core" if pid is not None else f"{name}.core")
         shutil.move(core, kept)
         core = kept
         where = f"the core is kept at {core}"
@@ -161,7 +167,8 @@ def _keep_failed(core: Path, name: str, pid: int | None,
     gdb_root = f" -ex 'set sysroot {roots[0]}'" if roots else ""
     return (f"{where}; look at it with:\n"
             f"  .venv/bin/coredump analyze -core {shlex.quote(str(core))}{flags}\n"
-            f"  gdb{gdb_root} -ex 'set backtrace past-main on' -c {shlex.quote(str(core))}"
+            f"  gdb{gdb_root} -ex 'set backtrace past-main on' "
+            f"{shlex.quote(exe_file) + ' ' if exe_file else ''}-c {shlex.quote(str(core))}"
             " -ex 'thread apply all bt'\n"
             f"  .venv/bin/coredump new -core {shlex.quote(str(core))} -name {name}{flags} "
             "(to record it again)")

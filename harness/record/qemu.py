@@ -265,4 +265,5 @@ def record_under_qemu(name: str, program: list[str], *, sysroot: str = DEFAULT_S
                                  progress=progress)
         return record_case(name, core=core, sysroot=[sysroot, HOST_ROOT],
                            executable=os.path.abspath(program[0]), testdata=testdata,
-                           force=force, gdb_differences=gdb_differences, progress=progress)
+                           force=force, gdb_differences=gdb_differences, progress=progress,
+                           temporary_core=True)
