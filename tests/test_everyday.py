@@ -36,7 +36,10 @@ def test_commands_take_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", "amd64/threads", "arm64/static"]) == 0
     out = capsys.readouterr().out
     assert "amd64/threads" in out and "arm64/static" in out and "arm64/threads" not in out
-    assert main(["analyze", "-case", "cxx"]) == 2
+    assert main(["analyze", "-case", "cxx"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("== amd64/cxx") < out.index("== arm64/cxx")
+    assert main(["analyze", "-case", "cxx", "-json"]) == 2
     assert "say which" in capsys.readouterr().err
     assert main(["analyze", "-case", "arm64/cxx", "-json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2

@@ -13,12 +13,14 @@ from rich.table import Table
 
 from ..bpf.bridge import trace_log
 from ..cases.case_file import TestCase, load_case
+from ..cases.selection import case_label, resolve_case, resolve_one
 from ..check.sites import top_frame_sites
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
 from ..core.process import Process
 from ..diffing import Annotate, annotated, frame_annotator
 from ..errors import HarnessError
+from ..paths import TESTDATA
 from ..record.catalog import summarize
 from ..record.gdb_oracle import gdb_available, gdb_for
 from ..record.verify import verify_case
@@ -30,7 +32,7 @@ from ..replay import (
     thread_frames,
     unwind_process,
 )
-from .common import Subparsers, case_paths, flag, one_case, stderr
+from .common import Subparsers, case_paths, flag, stderr
 
 
 def _thread_lines(threads: list[tuple[int, list[str]]], sites: dict[int, str] | None,
@@ -67,27 +69,38 @@ def _show_debug_prints() -> None:
     trace_log.setLevel(logging.DEBUG)
 
 
+def _analyze(case: TestCase | None, args: argparse.Namespace) -> str:
+    """One case's or the core's threads, as JSON or annotated for a person."""
+    process = open_case(case) if case else _open_core(args.core, args.sysroot)
+    try:
+        threads = replay_process(case, process).actual if case else \
+            thread_frames(unwind_process(process))
+        if args.json:
+            return json.dumps([{"lwp": t.lwp, "frames": t.frames} for t in threads], indent=2)
+        # Symbols need the modules open; the JSON keeps the case-file format.
+        return "\n".join(_thread_lines([(t.lwp, t.frames) for t in threads],
+                                       _site_texts(process),
+                                       frame_annotator(process.modules.values())))
+    finally:
+        process.close()
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     if bool(args.case) == bool(args.core):
         raise HarnessError("give exactly one of -case FILE and -core FILE")
     if args.debug_ebpf:
         _show_debug_prints()
-    case_path = one_case(args.case)
-    case = load_case(case_path) if case_path else None
-    process = open_case(case) if case else _open_core(args.core, args.sysroot)
-    try:
-        threads = replay_process(case, process).actual if case else \
-            thread_frames(unwind_process(process))
-        if not args.json:
-            # Symbols need the modules open; the JSON keeps the case-file format.
-            lines = _thread_lines([(t.lwp, t.frames) for t in threads], _site_texts(process),
-                                  frame_annotator(process.modules.values()))
-    finally:
-        process.close()
-    if args.json:
-        print(json.dumps([{"lwp": t.lwp, "frames": t.frames} for t in threads], indent=2))
-    else:
-        print("\n".join(lines))
+    if args.core:
+        print(_analyze(None, args))
+        return 0
+    # A bare name may be a case of each arch: a person gets both, under headers;
+    # -json is one case's threads array, so it needs arch/name.
+    paths = resolve_case(args.case, TESTDATA) if not args.json else \
+        [resolve_one(args.case, TESTDATA)]
+    for path in paths:
+        if len(paths) > 1:
+            print(f"== {case_label(path)}")
+        print(_analyze(load_case(path), args))
     return 0
 
 
