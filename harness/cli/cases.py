@@ -18,7 +18,7 @@ from ..check.sites import top_frame_sites
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
 from ..core.process import Process
-from ..diffing import Annotate, annotated, frame_annotator
+from ..diffing import Annotate, annotated, frame_annotator, hunks
 from ..errors import HarnessError
 from ..paths import TESTDATA
 from ..record.catalog import summarize
@@ -130,13 +130,36 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _oracle_report(case: TestCase) -> list[str]:
-    """gdb's verdict on a rebased case: [] if it agrees (apart from waivers)."""
-    gdb = gdb_for(case.path.parent.name if case.path else "amd64")
+def _changed_frames(old: TestCase, new: TestCase) -> dict[int, set[int]]:
+    """Per thread, the indices of the new frames that a rebase changes or inserts."""
+    before = {t.lwp: t.frames for t in old.threads}
+    changed: dict[int, set[int]] = {}
+    for t in new.threads:
+        indices: set[int] = set()
+        for h in hunks(before.get(t.lwp, []), t.frames):
+            # A deletion changes no new frame: count the one now at its place.
+            indices |= set(range(h.act_start, max(h.act_end, h.act_start + 1)))
+        changed[t.lwp] = indices
+    return changed
+
+
+def _oracle_report(old: TestCase, new: TestCase) -> tuple[bool, list[str]]:
+    """(checked, lines): gdb's verdict on a rebased case, naming first the changed
+    frames gdb disagrees with; no lines if it agrees (apart from waivers)."""
+    gdb = gdb_for(new.path.parent.name if new.path else "amd64")
     if gdb_available(gdb) is None:
-        return [f"not checked against gdb: {gdb} with Python support is not installed "
-                "(-no-verify silences this)"]
-    return verify_case(case).problems
+        return False, [f"not checked against gdb: {gdb} with Python support is not "
+                       "installed (-no-verify silences this)"]
+    comparison = verify_case(new)
+    if not comparison.problems:
+        return True, []
+    changed = _changed_frames(old, new)
+    waived = {(w.lwp, w.frame) for w in comparison.waived}
+    ours = [d for d in comparison.differences if (d.lwp, d.frame) not in waived and
+            set(range(d.frame, d.frame + max(len(d.ours), 1))) & changed.get(d.lwp, set())]
+    lines = [f"gdb disagrees with {len(ours)} change(s) of this rebase:"]
+    lines += [f"  {d.describe()}" for d in ours]
+    return True, lines + ["gdb's comparison:"] + comparison.problems
 
 
 def cmd_rebase(args: argparse.Namespace) -> int:
@@ -152,10 +175,10 @@ def cmd_rebase(args: argparse.Namespace) -> int:
             print("  " + problem.replace("\n", "\n  "))
         rebased = dataclasses.replace(case, threads=result.actual)
         if not args.no_verify:
-            oracle = _oracle_report(rebased)
-            disagree += bool(oracle) and not oracle[0].startswith("not checked")
-            verdict = "gdb agrees with the new frames" if not oracle else \
-                "the oracle disagrees with the new frames:\n" + "\n".join(oracle)
+            checked, oracle = _oracle_report(case, rebased)
+            disagree += checked and bool(oracle)
+            verdict = "gdb agrees with the new frames" if checked and not oracle else \
+                "\n".join(oracle)
             print("  " + verdict.replace("\n", "\n  "))
         if not args.dry_run:
             rebased.save(path)
