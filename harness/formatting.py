@@ -34,13 +34,3 @@ def format_trace(trace: TraceResult, names: dict[int, str]) -> list[str]:
         frames.append("<unwinding aborted due to error unknown>")
     return frames
 
-
-def frame_diff(expected: list[str], actual: list[str]) -> str:
-    """Frame-by-frame comparison, marking each differing line."""
-    lines = []
-    for i in range(max(len(expected), len(actual))):
-        e = expected[i] if i < len(expected) else "<missing>"
-        a = actual[i] if i < len(actual) else "<missing>"
-        mark = "  " if e == a else "!="
-        lines.append(f"  {mark} #{i:<3} expected {e:<44} got {a}")
-    return "\n".join(lines)

@@ -13,13 +13,16 @@ from pathlib import Path
 from .bpf.agent import Agent
 from .bpf.bridge import TraceResult, Unwinder, get_unwinder
 from .cases.case_file import TestCase, ThreadFrames, load_case
+from .cases.selection import case_label
 from .cases.store import BlobStore, store_for
 from .core.elfcore import CoreFile
 from .core.memory_modules import module_files
 from .core.module import Module
 from .core.process import Process
-from .formatting import format_trace, frame_diff
+from .diffing import Annotate, frame_annotator, frame_diff
+from .formatting import format_trace
 from .helpers.bpf_helpers import MemoryReader
+from .paths import TESTDATA
 
 
 @dataclass
@@ -124,8 +127,10 @@ def thread_frames(result: ProcessResult) -> list[ThreadFrames]:
     return [ThreadFrames(t.lwp, t.frames) for t in result.threads]
 
 
-def compare_threads(expected: list[ThreadFrames], actual: list[ThreadFrames]) -> list[str]:
-    """Human-readable differences, thread by thread (empty if equal)."""
+def compare_threads(expected: list[ThreadFrames], actual: list[ThreadFrames],
+                    annotate: Annotate | None = None) -> list[str]:
+    """Human-readable differences, thread by thread (empty if equal): aligned diffs
+    of the frames, with symbols beside them where `annotate` finds them."""
     problems = []
     exp_by_lwp = {t.lwp: t for t in expected}
     act_by_lwp = {t.lwp: t for t in actual}
@@ -136,7 +141,9 @@ def compare_threads(expected: list[ThreadFrames], actual: list[ThreadFrames]) ->
     for t in expected:
         got = act_by_lwp.get(t.lwp)
         if got is not None and got.frames != t.frames:
-            problems.append(f"thread {t.lwp} frames differ:\n" + frame_diff(t.frames, got.frames))
+            problems.append(f"thread {t.lwp} frames differ:\n"
+                            + frame_diff(t.frames, got.frames, expected_name="case file",
+                                         actual_name="unwinder", annotate=annotate))
     return problems
 
 
@@ -145,7 +152,8 @@ def replay_process(case: TestCase, process: Process) -> CaseResult:
     start = time.perf_counter()
     result = unwind_process(process, frozenset(case.fault_addresses))
     actual = thread_frames(result)
-    problems = compare_threads(case.threads, actual)
+    problems = compare_threads(case.threads, actual,
+                               frame_annotator(process.modules.values()))
     unused = set(case.fault_addresses) - result.faults_hit
     if unused:
         problems.append("fault-addresses never read (stale entries?): "
@@ -165,3 +173,20 @@ def replay_case(case: TestCase | str | Path, store: BlobStore | None = None) -> 
         process.close()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def reproduce_command(case: TestCase) -> str:
+    """The one command that replays this case and prints its diff."""
+    path = case.path
+    if path is None:
+        return ".venv/bin/coredump replay CASE"
+    inside = path.resolve().parent.parent == TESTDATA.resolve()
+    return f".venv/bin/coredump replay {case_label(path) if inside else path}"
+
+
+def failure_report(result: CaseResult) -> str:
+    """A failing case as a person should read it: what failed, the aligned frame
+    diffs, and last the command that reproduces it (pytest prints this as is)."""
+    where = result.case.path or result.case.name
+    return (f"{where}: {len(result.problems)} problem(s)\n" + "\n".join(result.problems)
+            + f"\nreproduce: {reproduce_command(result.case)}")

@@ -134,3 +134,103 @@ def test_core_file_has_no_file_notes() -> None:
         assert len(case.threads[0].frames) > 220
     finally:
         core.close()
+
+
+CLONE_SOURCE = """
+#include <stdio.h>
+static int sink;
+static __attribute__((noinline)) int scale(int x, int k) {
+    for (int i = 0; i < k; i++) x = x * 3 + i;
+    return x;
+}
+int main(int argc, char **argv) {
+    (void)argv;
+    sink = scale(argc, 7) + scale(argc + 1, 7);  /* GCC clones it: scale.constprop.0 */
+    printf("%d\\n", sink);
+    return 0;
+}
+"""
+
+
+def _clone_binary(tmp_path: Path) -> Path:
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("aarch64-linux-gnu-gcc not installed (apt-get install gcc-aarch64-linux-gnu)")
+    source = tmp_path / "clone.c"
+    source.write_text(CLONE_SOURCE)
+    out = tmp_path / "clone"
+    subprocess.run(["aarch64-linux-gnu-gcc", "-g", "-O2", str(source), "-o", str(out)],
+                   check=True)
+    return out
+
+
+def test_site_errors_name_the_fix(tmp_path: Path) -> None:
+    from harness.errors import HarnessError
+    binary = str(_clone_binary(tmp_path))
+    with pytest.raises(HarnessError, match=r"no function 'scale'; did you mean "
+                                           r"scale\.constprop\.0\?"):
+        resolve_site(binary, "scale:entry")
+    with pytest.raises(HarnessError, match="no function 'mian'; did you mean main"):
+        resolve_site(binary, "mian+4")
+    with pytest.raises(HarnessError, match="does not exist"):
+        resolve_site(str(tmp_path / "nope"), "main:entry")
+    assert resolve_site(binary, "main+4").gdb_location == "*(main+4)"
+    assert resolve_site(binary, "scale.constprop.0:entry").gdb_location == \
+        "*('scale.constprop.0'+0)"
+
+
+def test_waiting_for_ready_is_bounded() -> None:
+    from harness.errors import HarnessError
+    from harness.record.qemu import _wait_ready
+
+    proc = subprocess.Popen(["sleep", "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(HarnessError, match=r"did not print `ready` within 0\.5 s"):
+            _wait_ready(proc, 0.5)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.qemu
+@pytest.mark.gdb
+def test_record_at_a_gcc_clone(tmp_path: Path) -> None:
+    """`foo.constprop.0` used to hang gdb for 120 s and end in a traceback."""
+    for tool, package in (("qemu-aarch64", "qemu-user"), ("gdb-multiarch", "gdb-multiarch")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (apt-get install {package})")
+    if gdb_available("gdb-multiarch") is None:
+        pytest.skip("gdb-multiarch lacks Python support")
+    binary = _clone_binary(tmp_path)
+    case = record_under_qemu("clone.entry", [str(binary)], site_spec="scale.constprop.0:entry",
+                             testdata=tmp_path / "testdata", progress=lambda _: None)
+    frames = case.threads[0].frames
+    assert frames[0].startswith("clone+") and len(frames) >= 4
+    assert replay_case(case.path).ok
+
+
+@pytest.mark.qemu
+@pytest.mark.gdb
+def test_a_failed_qemu_recording_keeps_its_core(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """qemu's core lives in a temporary directory: on failure it moves to the cache."""
+    for tool, package in (("qemu-aarch64", "qemu-user"), ("gdb-multiarch", "gdb-multiarch")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (apt-get install {package})")
+    if gdb_available("gdb-multiarch") is None:
+        pytest.skip("gdb-multiarch lacks Python support")
+    from harness.errors import HarnessError
+    from harness.record import new
+
+    def fail(*_: object, **__: object) -> None:
+        raise HarnessError("simulated failure")
+
+    monkeypatch.setenv("COREDUMP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(new, "_check_replay", fail)
+    binary = _clone_binary(tmp_path)
+    with pytest.raises(HarnessError, match="simulated failure") as failure:
+        record_under_qemu("clone.kept", [str(binary)], site_spec="main+0",
+                          testdata=tmp_path / "testdata", progress=lambda _: None)
+    kept = tmp_path / "cache" / "failed" / "clone.kept.core"
+    assert kept.is_file() and f"the core is kept at {kept}" in str(failure.value)
+    with CoreFile(kept) as core:
+        assert core.machine == "arm64"

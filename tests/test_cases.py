@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.cases.case_file import load_case
-from harness.replay import replay_case
+from harness.replay import failure_report, replay_case
 
 
 def test_case(case_path: Path) -> None:
@@ -15,8 +15,11 @@ def test_case(case_path: Path) -> None:
     if case.skip:
         pytest.skip(f"case says: {case.skip}")
     result = replay_case(case)
-    assert result.frame_count > 0
-    assert result.ok, f"{case_path}:\n" + "\n".join(result.problems)
+    if result.frame_count == 0:
+        pytest.fail(f"{case_path}: the unwinder produced no frame at all", pytrace=False)
+    if not result.ok:
+        # The diff and the reproduce command, not a traceback with dataclass reprs.
+        pytest.fail(failure_report(result), pytrace=False)
 
 
 def test_bundled_cases_exist() -> None:

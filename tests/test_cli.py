@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -58,7 +60,8 @@ def test_rebase_restores_and_reports(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     assert main(["rebase", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "expected chain.O0.fp+0x1" in out and "1 case(s) changed" in out
+    # The case file's frame #1 is one deleted line of the aligned diff.
+    assert re.search(r"^\s+-\s+#1\s+chain.O0.fp\+0x1$", out, re.M) and "1 case(s) changed" in out
     assert replay_case(path).ok
     assert json.loads(path.read_text())["extra-field"] == "kept"
     assert main(["rebase", str(path)]) == 0
@@ -155,3 +158,24 @@ def test_running_analyze_imports_no_emulator_or_verifier() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]", out
+
+
+def test_recording_progress_only_on_a_terminal() -> None:
+    """Progress lines are a live status on a terminal and absent in a log; warnings
+    show in both."""
+    import io
+
+    from rich.console import Console
+
+    from harness.cli.record import progress_reporter
+
+    for terminal in (True, False):
+        out = io.StringIO()
+        console = Console(file=out, force_terminal=terminal, width=100)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), progress_reporter(console) as progress:
+            progress("running gcore on pid 1")
+            progress("warning: /lib/x.so is not available")
+        shown = out.getvalue() + err.getvalue()
+        assert "warning: /lib/x.so is not available" in shown
+        assert ("running gcore on pid 1" in shown) == terminal

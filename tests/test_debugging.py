@@ -98,8 +98,8 @@ def test_gdb_arguments_after_double_dash_reach_gdb_before_the_program() -> None:
     assert argv[split - 3:split] == ["-batch", "-ex", "info locals"]
     assert argv[split + 1:] == [sys.executable, "-m", "harness.debug.target",
                                 str(Path("x.json").resolve()), "--lwp", "7"]
-    assert argv[argv.index("run") - 1] == "-ex" and argv.index("run") < split
-    assert "run" not in debug_argv("x.json", None, run=False)
+    assert argv[argv.index("quiet-run") - 1] == "-ex" and argv.index("quiet-run") < split
+    assert "quiet-run" not in debug_argv("x.json", None, run=False)
 
 
 def test_a_core_of_another_architecture_needs_gdb_multiarch() -> None:
@@ -257,3 +257,15 @@ def test_coredump_gdb_backtraces_are_the_case_frames(tmp_path: Path, arch: str) 
     finally:
         process.close()
     assert ours == {t.lwp: t.frames for t in case.threads}
+
+
+@pytest.mark.gdb
+def test_coredump_debug_drops_gdb_noise() -> None:
+    """No pending-breakpoint alarm, no libthread_db or fork notices before the stop."""
+    _need_gdb()
+    case = bundled_case("chain.O2.nofp")
+    proc = _coredump("debug", "-case", str(case.path), "--", "-batch", "-ex", "info locals")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines[0].startswith("Breakpoint 1, native_tracer_entry (ctx="), proc.stdout
+    for noise in ("not defined", "pending", "libthread_db", "Detaching after"):
+        assert noise not in proc.stdout + proc.stderr, noise

@@ -25,7 +25,7 @@ STAGES = [
     "interpreters",                       # per-runtime introspection (to come)
     "helpers",                            # the kernel side, emulated: maps and helpers
     "bpf",                                # the unwinder as a program
-    "formatting", "replay",               # trace -> frames -> comparison
+    "diffing", "formatting", "replay",    # trace -> frames -> comparison (diffs for people)
     "check",                              # rules against the CPU (unicorn, capstone)
     "record",                             # coredump new / verify / record-qemu
     "debug",                              # coredump debug / gdb

@@ -18,6 +18,7 @@ from harness.cases.case_file import NO_MODULE_BUNDLING, load_case
 from harness.cases.store import store_for
 from harness.cli import main
 from harness.core.sysroot import resolve_in_sysroot
+from harness.errors import HarnessError
 from harness.paths import REPO_ROOT
 from harness.record.gdb_oracle import gdb_available
 from harness.replay import replay_case
@@ -172,7 +173,7 @@ def test_sysroot_missing_module_warns(tmp_path: Path, capsys: pytest.CaptureFixt
     captured = capsys.readouterr()
     assert f"warning: {exe} is not available at {tmp_path / 'sysroot'}" in captured.err
     frames = captured.out.splitlines()
-    assert frames[1].endswith("libc.so.6+0xd3dd0")  # libc, from the sysroot, still unwinds
+    assert frames[1].split()[1] == "libc.so.6+0xd3dd0"  # libc, from the sysroot, still unwinds
     assert frames[2].endswith("<unwinding aborted due to error native_pc_not_mapped>")
 
 
@@ -245,3 +246,87 @@ def test_ptrace_refusals_name_the_fix(tmp_path: Path, monkeypatch: pytest.Monkey
     scope.write_text("3\n")
     disabled = gcore.attach_problem(os.getpid())
     assert disabled is not None and "ptrace_scope=3" in disabled and "new -core" in disabled
+
+
+# ------------------------------------------------- causes, not symptoms (issue 16)
+
+
+@pytest.mark.gdb
+def test_new_names_the_file_the_sysroot_lacks_and_keeps_the_core(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if gdb_available() is None:
+        pytest.skip("gdb with Python support is not installed (apt-get install gdb)")
+    case = load_case(CASE)
+    _sysroot_for(CASE, tmp_path / "sysroot")
+    libc = next(m.local_path for m in case.modules if m.local_path.endswith("libc.so.6"))
+    (tmp_path / "sysroot" / libc.lstrip("/")).unlink()
+    core = lifecycle.export_blob(store_for(case), case.coredump_ref, tmp_path / "core")
+    assert main(["new", "-core", str(core), "-name", "x", "-sysroot",
+                 str(tmp_path / "sysroot"), "-testdata", str(tmp_path / "testdata")]) == 2
+    err = capsys.readouterr().err
+    assert f"the core maps files that the sysroot lacks, so frames in them cannot be " \
+           f"unwound: {libc}" in err
+    # What to run next, with the same sysroot.
+    assert f"coredump analyze -core {core} -sysroot {tmp_path / 'sysroot'}" in err
+    assert not (tmp_path / "testdata" / "amd64" / "x.json").exists()
+
+
+def test_a_wrong_sysroot_is_an_error_not_a_page_of_warnings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    case = load_case(CASE)
+    core = lifecycle.export_blob(store_for(case), case.coredump_ref, tmp_path / "core")
+    (tmp_path / "empty").mkdir()
+    assert main(["analyze", "-core", str(core), "-sysroot", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "none of the" in err and "is it the right -sysroot?" in err
+    assert main(["analyze", "-core", str(core), "-sysroot", str(tmp_path / "nonexistent")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_missing_files_are_reported_once(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    case = load_case(CASE)
+    _sysroot_for(CASE, tmp_path / "sysroot")
+    libc = next(m.local_path for m in case.modules if m.local_path.endswith("libc.so.6"))
+    (tmp_path / "sysroot" / libc.lstrip("/")).unlink()
+    core = lifecycle.export_blob(store_for(case), case.coredump_ref, tmp_path / "core")
+    assert main(["analyze", "-core", str(core), "-sysroot", str(tmp_path / "sysroot")]) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"warning: {libc} is not available") == 1
+
+
+def test_ptrace_advice_fits_the_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from harness.record import gcore
+
+    monkeypatch.setattr(gcore, "YAMA_SCOPE", tmp_path / "no-yama")
+    monkeypatch.setattr(gcore.os, "geteuid", lambda: 0)
+    root_no_yama = gcore.refusal_advice()
+    assert "sudo" not in root_no_yama and "yama" not in root_no_yama
+    assert "CAP_SYS_PTRACE" in root_no_yama
+    monkeypatch.setattr(gcore.os, "geteuid", lambda: 1000)
+    assert gcore.refusal_advice() == "run as root (sudo)"
+    (tmp_path / "yama").write_text("1\n")
+    monkeypatch.setattr(gcore, "YAMA_SCOPE", tmp_path / "yama")
+    assert "ptrace_scope=0` (it is 1)" in gcore.refusal_advice()
+
+
+@pytest.mark.gdb
+def test_a_failed_recording_from_pid_keeps_its_core(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chain_process: subprocess.Popen[str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.record import new
+
+    monkeypatch.setenv("COREDUMP_CACHE", str(tmp_path / "cache"))
+
+    def disagree(*_: object, **__: object) -> object:
+        raise HarnessError("the unwinder disagrees with gdb (simulated)")
+
+    monkeypatch.setattr(new, "_check_replay", disagree)
+    assert main(["new", "-pid", str(chain_process.pid), "-name", "kept",
+                 "-testdata", str(tmp_path / "testdata"), *_gdb_flags()]) == 2
+    err = capsys.readouterr().err
+    kept = tmp_path / "cache" / "failed" / f"kept.{chain_process.pid}.core"
+    assert kept.is_file() and f"the core is kept at {kept}" in err
+    assert f".venv/bin/coredump analyze -core {kept}\n" in err
+    assert main(["analyze", "-core", str(kept)]) == 0
+    assert "libc.so.6+0xd3dd0" in capsys.readouterr().out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,33 @@ def test_calls_that_never_return_end_the_path() -> None:
     assert check.ok and not check.mismatches, "\n".join(check.report())
     assert check.stops["noreturn-call"] >= 1
     assert "__assert_fail" in check.stop_examples["noreturn-call"]
+
+
+def test_validate_names_arch_syscalls_and_caller_frames(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Case names carry their arch, system calls their names, return addresses are
+    shown minus one (the frame convention of case files)."""
+    assert main(["validate", "-case", "arm64/threads", "-case", "amd64/threads"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^arm64/threads: ok", out, re.M) and re.search(r"^amd64/threads: ok",
+                                                                       out, re.M)
+    assert re.search(r"inconclusive: system call [a-z_0-9]+ \(\d+\) at", out), out
+    case = load_case(REPO_ROOT / "testdata" / "amd64" / "threads.json")
+    callers = {t.frames[1] for t in case.threads if len(t.frames) > 1}
+    shown = set(re.findall(r"and caller frame (\S+) match", out))
+    assert shown and shown <= callers | {f for t in load_case(
+        REPO_ROOT / "testdata" / "arm64" / "threads.json").threads for f in t.frames}
+
+
+def test_validate_deltas_names_blobs_and_explains_its_summary(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    case = load_case(REPO_ROOT / "testdata" / "amd64" / "threads.json")
+    exe = next(m for m in case.modules if m.local_path.endswith("/threads"))
+    assert main(["validate-deltas", exe.ref]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"module: threads ({exe.local_path}, blob {exe.ref[:12]})")
+    with pytest.raises(SystemExit):
+        main(["validate-deltas", "-h"])
+    help_text = capsys.readouterr().out
+    for counter in ("started:", "runs ended", "coverage", "no usable rule", "exit status"):
+        assert counter in help_text

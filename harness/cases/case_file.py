@@ -5,9 +5,10 @@
  "modules": [{"ref": "<sha256>", "local-path": "/usr/lib/..."}],
  "skip": "reason", "fault-addresses": ["0x..."]}
 ```
-Besides those, `gdb-differences` explains an accepted difference from gdb and
-`no-module-bundling` says the modules are rebuilt from the core's memory. Fields
-this code does not know are kept and written back unchanged.
+Besides those, `gdb-differences` lists the explained differences from gdb, one
+per frame or run of frames (GdbWaiver), and `no-module-bundling` says the
+modules are rebuilt from the core's memory. Fields this code does not know are
+kept and written back unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +36,23 @@ class ThreadFrames:
 
 
 @dataclass
+class GdbWaiver:
+    """One accepted difference from gdb: in thread `lwp`, from our frame `frame` on,
+    gdb printed `gdb` where we print `ours`, because `why`. It covers that difference
+    only; any other difference in the case still fails (record/verify.py)."""
+
+    lwp: int
+    frame: int
+    gdb: list[str]
+    ours: list[str]
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lwp": self.lwp, "frame": self.frame, "gdb": list(self.gdb),
+                "ours": list(self.ours), "why": self.why}
+
+
+@dataclass
 class ModuleRef:
     ref: str
     local_path: str
@@ -47,8 +65,8 @@ class TestCase:
     modules: list[ModuleRef]
     skip: str | None = None
     fault_addresses: list[int] = field(default_factory=list)
-    # Why this case's frames legitimately differ from gdb's, if they do.
-    gdb_differences: str | None = None
+    # The differences from gdb that are understood, each with its reason.
+    gdb_differences: list[GdbWaiver] = field(default_factory=list)
     # No module is bundled: replay rebuilds them from the core's memory
     # (harness/core/memory_modules.py). Explicit, so that an empty module list is
     # never ambiguous ("nothing needed" or "read them from the core").
@@ -73,7 +91,7 @@ class TestCase:
         if self.fault_addresses:
             doc["fault-addresses"] = [f"{a:#x}" for a in self.fault_addresses]
         if self.gdb_differences:
-            doc["gdb-differences"] = self.gdb_differences
+            doc["gdb-differences"] = [w.to_json() for w in self.gdb_differences]
         if self.no_module_bundling:
             doc[NO_MODULE_BUNDLING] = True
         doc.update(self.extra)
@@ -100,6 +118,34 @@ def _blob_ref(value: Any, path: Path, where: str) -> str:
     _require(isinstance(value, str) and bool(BLOB_ID.match(value)), path,
              f"{where} must be a sha256 blob id (64 lowercase hex digits), got {value!r}")
     return str(value)
+
+
+def _frame_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(f, str) for f in value)
+
+
+def _waivers(doc: Any, path: Path) -> list[GdbWaiver]:
+    """The "gdb-differences" list. The old case-wide string is refused: it silenced
+    every difference of the case, including ones nobody had looked at."""
+    _require(not isinstance(doc, str), path,
+             '"gdb-differences" is a list of per-frame waivers ({"lwp", "frame", "gdb", '
+             '"ours", "why"}), not one string for the whole case; re-record the case with '
+             '-gdb-differences "why" to store them')
+    _require(isinstance(doc, list), path, '"gdb-differences" must be a list')
+    waivers = []
+    for i, w in enumerate(doc):
+        where = f"gdb-differences[{i}]"
+        _require(isinstance(w, dict), path, f"{where} must be an object")
+        _require(isinstance(w.get("lwp"), int) and isinstance(w.get("frame"), int)
+                 and w["frame"] >= 0, path,
+                 f'{where} needs an integer "lwp" and a frame index "frame" (>= 0)')
+        _require(_frame_list(w.get("gdb")) and _frame_list(w.get("ours")), path,
+                 f'{where}: "gdb" and "ours" must be lists of frame strings')
+        _require(isinstance(w.get("why"), str) and bool(w["why"].strip()), path,
+                 f'{where}: "why" must say why the difference is accepted')
+        waivers.append(GdbWaiver(w["lwp"], w["frame"], list(w["gdb"]), list(w["ours"]),
+                                 w["why"]))
+    return waivers
 
 
 def parse_case(doc: Any, path: Path) -> TestCase:
@@ -134,9 +180,7 @@ def parse_case(doc: Any, path: Path) -> TestCase:
             faults.append(int(a, 0) if isinstance(a, str) else int(a))
         except (TypeError, ValueError):
             raise CaseError(f"{path}: fault address {a!r} is not a number") from None
-    gdb_diff = doc.get("gdb-differences")
-    _require(gdb_diff is None or isinstance(gdb_diff, str), path,
-             '"gdb-differences" must be a string')
+    gdb_diff = _waivers(doc.get("gdb-differences", []), path)
     no_bundling = doc.get(NO_MODULE_BUNDLING, False)
     _require(isinstance(no_bundling, bool), path,
              f'"{NO_MODULE_BUNDLING}" must be true or false, got {no_bundling!r}')

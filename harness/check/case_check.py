@@ -19,6 +19,7 @@ from pathlib import Path
 from ..arch import ARCHES, U64_MASK
 from ..bpf.bridge import RawFrame, TraceResult
 from ..cases.case_file import TestCase, load_case
+from ..cases.selection import case_label
 from ..core.elfcore import ThreadState
 from ..core.process import Process
 from ..paths import cache_root
@@ -126,7 +127,9 @@ def _compare(process: Process, thread: ThreadState, run: ReturnRun, top: RawFram
              models: CodeModels) -> ThreadCheck:
     assert run.return_pc is not None and run.return_sp is not None
     return_pc = run.return_pc & _address_mask(process, thread)
-    truth = f"CPU: caller's SP {run.return_sp:#x}, returns to {_location(process, return_pc)}"
+    # Return addresses are shown as the caller's frame: minus one, as in case files.
+    truth = (f"CPU: caller's SP {run.return_sp:#x}, caller frame "
+             f"{_location(process, return_pc - 1)} (return address - 1)")
     problems = []
     if caller is None or caller.kind_name != "native":
         what = "ended the stack at frame 0" if caller is None else (
@@ -140,13 +143,14 @@ def _compare(process: Process, thread: ThreadState, run: ReturnRun, top: RawFram
         module = mapping.module if mapping is not None else None
         if mapping is None or module is None:
             problems.append(f"the CPU returns to {return_pc:#x}, outside any module; the "
-                            f"unwinder says {_frame_text(caller, names)} (+1)")
+                            f"unwinder's caller frame is {_frame_text(caller, names)}")
         elif caller.file_id != module.file_id or caller.addr != return_pc - 1 - mapping.bias:
-            problems.append(f"return address: unwinder {_frame_text(caller, names)} (+1), "
-                            f"CPU {module.name}+{return_pc - mapping.bias:#x}")
+            problems.append(f"caller frame: unwinder {_frame_text(caller, names)}, "
+                            f"CPU {module.name}+{return_pc - 1 - mapping.bias:#x} "
+                            "(return address - 1)")
     steps = f"after {run.instructions} instructions"
     if not problems:
-        reason = (f"CFA {top.cfa:#x} and return address {_location(process, return_pc)} "
+        reason = (f"CFA {top.cfa:#x} and caller frame {_location(process, return_pc - 1)} "
                   f"match ({steps})")
         return ThreadCheck(thread.lwp, site, MATCH, reason, run, list(run.notes))
     details = problems + [truth, f"emulated {steps}; first blocks: "
@@ -190,11 +194,13 @@ def validate_case(case: TestCase | str | Path, max_instructions: int = 100_000) 
     if not isinstance(case, TestCase):
         case = load_case(case)
     start = time.perf_counter()
+    # arch/name: the same case name usually exists for both architectures.
+    name = case_label(case.path) if case.path is not None else case.name
     if case.skip:
-        return CaseCheck(case.name, [], 0.0, case.skip)
+        return CaseCheck(name, [], 0.0, case.skip)
     process = open_case(case)
     try:
         threads = validate_process(process, max_instructions, frozenset(case.fault_addresses))
     finally:
         process.close()
-    return CaseCheck(case.name, threads, time.perf_counter() - start)
+    return CaseCheck(name, threads, time.perf_counter() - start)

@@ -25,15 +25,13 @@ from typing import Any
 
 from ..arch import arch_of_machine
 from ..core import elf
-from ..core.elf import SHF_EXECINSTR, SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, Ehdr, Shdr, Sym
+from ..core.elf import SHF_EXECINSTR, SHT_NOBITS, Ehdr, Shdr
 from ..core.module import Module
+from ..core.symbols import function_symbols
 from ..errors import HarnessError
 from ..files import atomic_path, sha256_file
 from ..paths import cache_root
 from ..unwind_data import module_unwind_data
-
-_FUNCTION_KINDS = (elf.STT_FUNC, elf.STT_GNU_IFUNC)
-_BIND_RANK = {elf.STB_GLOBAL: 0, elf.STB_WEAK: 1}  # then local
 
 
 @dataclass(frozen=True)
@@ -169,27 +167,9 @@ class _IndexBuilder:
     # ----------------------------------------------------------------- symbols
 
     def _function_symbols(self) -> dict[int, tuple[str, int]]:
-        """{address: (name, size)}: one name per address, .symtab before .dynsym,
-        global before weak before local, then the shortest name."""
-        best: dict[int, tuple[tuple[int, int, int, str], str, int]] = {}
-        for table_rank, wanted in enumerate((SHT_SYMTAB, SHT_DYNSYM)):
-            for index, sec in enumerate(self._raw_sections):
-                if sec.type != wanted:
-                    continue
-                data = self._section_data(index)
-                names = self._section_data(sec.link) \
-                    if sec.link < len(self._raw_sections) else None
-                if not data or names is None:
-                    continue
-                for pos in range(0, len(data) - elf.SYM_SIZE + 1, elf.SYM_SIZE):
-                    sym = Sym.parse(data, pos)
-                    if sym.kind not in _FUNCTION_KINDS or not sym.value or not sym.shndx:
-                        continue
-                    name = elf.cstring(names, sym.name)
-                    key = (table_rank, _BIND_RANK.get(sym.bind, 2), len(name), name)
-                    if sym.value not in best or key < best[sym.value][0]:
-                        best[sym.value] = (key, name, sym.size)
-        return {addr: (name, size) for addr, (_, name, size) in best.items()}
+        """The module's own function symbols (core/symbols.py; no debug files, so the
+        function bounds depend on the module's content only)."""
+        return function_symbols(self._raw)
 
     # ------------------------------------------------------------------- FDEs
 

@@ -32,6 +32,7 @@ from ..core.elf import PF_R, PF_W, PF_X
 from ..core.elfcore import ThreadState
 from ..core.process import Process
 from ..errors import HarnessError
+from .syscalls import SYSCALL_NAMES
 
 PAGE = 4096
 U64 = U64_MASK
@@ -321,7 +322,9 @@ class Emulator:
     def _syscall(self) -> None:
         if not self.on_syscall():
             number = self.reg(self.spec.sysno)
-            self._set_stop("syscall", f"system call {number} at {self.pc:#x}", self.pc)
+            name = SYSCALL_NAMES.get(self.arch, {}).get(number, "unknown")
+            self._set_stop("syscall", f"system call {name} ({number}) at {self.pc:#x}",
+                           self.pc)
             self.uc.emu_stop()
 
     def _on_x86_syscall(self, uc: unicorn.Uc, _: object) -> None:

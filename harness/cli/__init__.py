@@ -26,7 +26,7 @@ from .common import flag
 # whole runs (tests/test_cli.py checks that this table matches the modules).
 COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "record": ("new", "verify", "record-qemu"),
-    "cases": ("analyze", "replay", "rebase"),
+    "cases": ("analyze", "replay", "rebase", "list"),
     "check": ("validate", "validate-deltas"),
     "debug": ("debug", "gdb"),
     "bpf": ("bpf-build", "bpf-verify"),
@@ -105,10 +105,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with _unwinder_sources(getattr(args, "bpf_src", None)):
-            return int(args.func(args))
+            status = int(args.func(args))
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+            return status
     except HarnessError as e:
         print(f"coredump: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("coredump: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`coredump list | head`): end quietly, as `cat` does.
+    stdout is pointed at /dev/null so the interpreter's final flush cannot raise."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file descriptor (tests capture it)
+    return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the pipe

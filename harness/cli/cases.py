@@ -1,4 +1,4 @@
-"""`coredump analyze`, `replay` and `rebase`: the unwinder over cases and cores."""
+"""`coredump analyze`, `replay`, `rebase` and `list`: the unwinder over cases and cores."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import logging
 import sys
 
 from ..bpf.bridge import trace_log
-from ..cases.case_file import load_case
+from ..cases.case_file import TestCase, load_case
+from ..cases.selection import case_label, resolve_case, resolve_one
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
 from ..core.process import Process
+from ..diffing import Annotate, annotated, frame_annotator, hunks
 from ..errors import HarnessError
+from ..paths import TESTDATA
 from ..replay import (
     open_case,
     process_from,
@@ -25,16 +28,15 @@ from ..replay import (
 from .common import Subparsers, case_paths, flag, stderr
 
 
-def _print_threads(threads: list[tuple[int, list[str]]], as_json: bool,
-                   sites: dict[int, str] | None = None) -> None:
-    if as_json:
-        print(json.dumps([{"lwp": lwp, "frames": frames} for lwp, frames in threads], indent=2))
-        return
+def _thread_lines(threads: list[tuple[int, list[str]]], sites: dict[int, str] | None,
+                  annotate: Annotate | None) -> list[str]:
+    """Each thread's frames for a person: the case-file string, then the symbol."""
+    lines = []
     for lwp, frames in threads:
         site = (sites or {}).get(lwp)
-        print(f"PID: {lwp}" + (f"  (PC at: {site})" if site else ""))
-        for i, frame in enumerate(frames):
-            print(f"  #{i:<3} {frame}")
+        lines.append(f"PID: {lwp}" + (f"  (PC at: {site})" if site else ""))
+        lines += [f"  #{i:<3} {annotated(frame, annotate)}" for i, frame in enumerate(frames)]
+    return lines
 
 
 def _site_texts(process: Process) -> dict[int, str]:
@@ -62,20 +64,38 @@ def _show_debug_prints() -> None:
     trace_log.setLevel(logging.DEBUG)
 
 
+def _analyze(case: TestCase | None, args: argparse.Namespace) -> str:
+    """One case's or the core's threads, as JSON or annotated for a person."""
+    process = open_case(case) if case else _open_core(args.core, args.sysroot)
+    try:
+        threads = replay_process(case, process).actual if case else \
+            thread_frames(unwind_process(process))
+        if args.json:
+            return json.dumps([{"lwp": t.lwp, "frames": t.frames} for t in threads], indent=2)
+        # Symbols need the modules open; the JSON keeps the case-file format.
+        return "\n".join(_thread_lines([(t.lwp, t.frames) for t in threads],
+                                       _site_texts(process),
+                                       frame_annotator(process.modules.values())))
+    finally:
+        process.close()
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     if bool(args.case) == bool(args.core):
         raise HarnessError("give exactly one of -case FILE and -core FILE")
     if args.debug_ebpf:
         _show_debug_prints()
-    case = load_case(args.case) if args.case else None
-    process = open_case(case) if case else _open_core(args.core, args.sysroot)
-    try:
-        threads = replay_process(case, process).actual if case else \
-            thread_frames(unwind_process(process))
-        sites = None if args.json else _site_texts(process)
-    finally:
-        process.close()
-    _print_threads([(t.lwp, t.frames) for t in threads], args.json, sites)
+    if args.core:
+        print(_analyze(None, args))
+        return 0
+    # A bare name may be a case of each arch: a person gets both, under headers;
+    # -json is one case's threads array, so it needs arch/name.
+    paths = resolve_case(args.case, TESTDATA) if not args.json else \
+        [resolve_one(args.case, TESTDATA)]
+    for path in paths:
+        if len(paths) > 1:
+            print(f"== {case_label(path)}")
+        print(_analyze(load_case(path), args))
     return 0
 
 
@@ -86,7 +106,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     table = Table(title="coredump replay")
     for column in ("case", "threads", "frames", "result", "time"):
         table.add_column(column, justify="left" if column in ("case", "result") else "right")
-    failures = 0
+    failed: list[str] = []
     for path in case_paths(args.cases):
         case = load_case(path)
         label = f"{path.parent.name}/{path.stem}"
@@ -94,20 +114,57 @@ def cmd_replay(args: argparse.Namespace) -> int:
             table.add_row(label, str(len(case.threads)), "-", f"skip: {case.skip}", "-")
             continue
         result = replay_case(case)
-        failures += not result.ok
         table.add_row(label, str(len(result.actual)), str(result.frame_count),
                       "[green]pass[/]" if result.ok else "[red]FAIL[/]",
                       f"{result.seconds * 1000:.0f} ms")
-        if not result.ok and args.verbose:
-            stderr(f"{label}:\n" + "\n".join(result.problems))
+        if not result.ok:
+            failed.append(f"{label}:\n" + "\n".join(result.problems))
+    # Table and diffs on one stream, in this order, so a pipe keeps them together.
     Console().print(table)
-    if failures:
-        stderr(f"{failures} case(s) failed; `pytest -k NAME` shows the frame diff")
-    return 1 if failures else 0
+    for report in failed:
+        print("\n" + report)
+    if failed:
+        print(f"\n{len(failed)} case(s) failed")
+    return 1 if failed else 0
+
+
+def _changed_frames(old: TestCase, new: TestCase) -> dict[int, set[int]]:
+    """Per thread, the indices of the new frames that a rebase changes or inserts."""
+    before = {t.lwp: t.frames for t in old.threads}
+    changed: dict[int, set[int]] = {}
+    for t in new.threads:
+        indices: set[int] = set()
+        for h in hunks(before.get(t.lwp, []), t.frames):
+            # A deletion changes no new frame: count the one now at its place.
+            indices |= set(range(h.act_start, max(h.act_end, h.act_start + 1)))
+        changed[t.lwp] = indices
+    return changed
+
+
+def _oracle_report(old: TestCase, new: TestCase) -> tuple[bool, list[str]]:
+    """(checked, lines): gdb's verdict on a rebased case, naming first the changed
+    frames gdb disagrees with; no lines if it agrees (apart from waivers)."""
+    from ..record.gdb_oracle import gdb_available, gdb_for  # rebase only
+    from ..record.verify import verify_case
+
+    gdb = gdb_for(new.path.parent.name if new.path else "amd64")
+    if gdb_available(gdb) is None:
+        return False, [f"not checked against gdb: {gdb} with Python support is not "
+                       "installed (-no-verify silences this)"]
+    comparison = verify_case(new)
+    if not comparison.problems:
+        return True, []
+    changed = _changed_frames(old, new)
+    waived = {(w.lwp, w.frame) for w in comparison.waived}
+    ours = [d for d in comparison.differences if (d.lwp, d.frame) not in waived and
+            set(range(d.frame, d.frame + max(len(d.ours), 1))) & changed.get(d.lwp, set())]
+    lines = [f"gdb disagrees with {len(ours)} change(s) of this rebase:"]
+    lines += [f"  {d.describe()}" for d in ours]
+    return True, lines + ["gdb's comparison:"] + comparison.problems
 
 
 def cmd_rebase(args: argparse.Namespace) -> int:
-    changed = 0
+    changed = disagree = 0
     for path in case_paths(args.cases):
         case = load_case(path)
         result = replay_case(case)
@@ -117,16 +174,49 @@ def cmd_rebase(args: argparse.Namespace) -> int:
         print(f"{path}:")
         for problem in result.problems:
             print("  " + problem.replace("\n", "\n  "))
+        rebased = dataclasses.replace(case, threads=result.actual)
+        if not args.no_verify:
+            checked, oracle = _oracle_report(case, rebased)
+            disagree += checked and bool(oracle)
+            verdict = "gdb agrees with the new frames" if checked and not oracle else \
+                "\n".join(oracle)
+            print("  " + verdict.replace("\n", "\n  "))
         if not args.dry_run:
-            dataclasses.replace(case, threads=result.actual).save(path)
+            rebased.save(path)
     verb = "would change" if args.dry_run else "changed"
     print(f"{changed} case(s) {verb}")
+    if disagree:
+        print(f"{disagree} of them disagree with gdb: fix the unwinder, or re-record with "
+              "-gdb-differences if the difference is understood (`coredump verify` shows it)")
+    return 1 if disagree else 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..record.catalog import summarize
+
+    table = Table(title="coredump list")
+    for column in ("case", "threads", "frames", "modules", "size", "recorded", "skip"):
+        table.add_column(column, justify="right" if column in (
+            "threads", "frames", "modules", "size") else "left")
+    for path in case_paths(args.cases):
+        s = summarize(path)
+        table.add_row(s.label, str(s.threads), str(s.frames), str(s.modules),
+                      _size(s.stored_bytes), s.recorded, s.skip or "")
+    # Wide enough for every column when piped (rich assumes 80 columns there).
+    Console(width=max(Console().width, 120)).print(table)
     return 0
 
 
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("analyze", help="print each thread's frames for a case or a core")
-    flag(p, "case", help="a case file")
+    flag(p, "case", help="a case: its file, arch/name or name")
     flag(p, "core", help="a core file (modules from -sysroot or the local disk)")
     flag(p, "sysroot", action="append",
          help="look the core's files up under this directory (repeatable: searched in "
@@ -137,11 +227,20 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("replay", help="replay cases and print a table (all by default)")
-    p.add_argument("cases", nargs="*", help="case files (default: testdata/*/*.json)")
-    flag(p, "verbose", action="store_true", help="print frame diffs of failures")
+    p.add_argument("cases", nargs="*", help="cases: files, arch/name or name (exact, unlike "
+                   "pytest -k; default: testdata/*/*.json)")
+    flag(p, "verbose", action="store_true",
+         help="accepted for compatibility; failures always print their frame diffs")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("rebase", help="rewrite expected frames from the current unwinder")
-    p.add_argument("cases", nargs="*", help="case files (default: all)")
+    p.add_argument("cases", nargs="*", help="cases: files, arch/name or name (default: all)")
     flag(p, "dry-run", dest="dry_run", action="store_true", help="show changes only")
+    flag(p, "no-verify", dest="no_verify", action="store_true",
+         help="do not re-check changed cases against gdb")
     p.set_defaults(func=cmd_rebase)
+
+    p = sub.add_parser("list", help="the cases: arch, threads, frames, modules, size, how "
+                       "recorded, skip reason")
+    p.add_argument("cases", nargs="*", help="cases: files, arch/name or name (default: all)")
+    p.set_defaults(func=cmd_list)

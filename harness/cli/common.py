@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..cases.case_file import find_cases
+from ..cases.selection import resolve_cases, resolve_one
 from ..errors import HarnessError
 from ..paths import TESTDATA
 
@@ -27,9 +28,9 @@ def testdata_flag(parser: argparse.ArgumentParser, help: str = "testdata directo
 
 
 def case_paths(given: Sequence[str], testdata: Path = TESTDATA) -> list[Path]:
-    """The case files named, or every case under testdata."""
+    """The cases named (files, arch/name or name), or every case under testdata."""
     if given:
-        return [Path(c) for c in given]
+        return resolve_cases(given, testdata)
     cases = find_cases(testdata)
     if not cases:
         raise HarnessError(f"no cases under {testdata}")
@@ -38,3 +39,8 @@ def case_paths(given: Sequence[str], testdata: Path = TESTDATA) -> list[Path]:
 
 def stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def one_case(given: str | None, testdata: Path = TESTDATA) -> str | None:
+    """A -case argument (a file, arch/name or name) as the path of one case file."""
+    return None if given is None else str(resolve_one(given, testdata))

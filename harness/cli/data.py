@@ -20,6 +20,7 @@ from rich.progress import (
 from ..cases import lifecycle
 from ..cases.case_file import find_cases
 from ..cases.remote import require_remote
+from ..cases.selection import resolve_cases
 from ..cases.store import BlobStore
 from ..errors import HarnessError
 from .common import Subparsers, flag, testdata_flag
@@ -60,7 +61,8 @@ def _byte_progress(label: str) -> Iterator[lifecycle.ByteProgress | None]:
 def cmd_upload(args: argparse.Namespace) -> int:
     if bool(args.all) == bool(args.cases):
         raise HarnessError("give -all or case files (not both)")
-    paths = find_cases(Path(args.testdata)) if args.all else [Path(c) for c in args.cases]
+    testdata = Path(args.testdata)
+    paths = find_cases(testdata) if args.all else resolve_cases(args.cases, testdata)
     if not paths:
         raise HarnessError(f"no cases under {args.testdata}")
     remote = require_remote()
@@ -110,7 +112,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("upload", help="push the blobs of cases that the remote store lacks")
-    p.add_argument("cases", nargs="*", help="case files")
+    p.add_argument("cases", nargs="*", help="cases: files, arch/name or name")
     flag(p, "all", action="store_true", help="every case under the testdata directory")
     testdata_flag(p)
     p.set_defaults(func=cmd_upload)

@@ -15,10 +15,11 @@ from ..debug.case_gdb import case_sysroot, core_gdb_argv
 from ..debug.gdb import run_gdb
 from ..debug.unwinder import debug_argv, debug_env, prepare_debug
 from ..record.gdb_oracle import find_gdb
-from .common import Subparsers, flag
+from .common import Subparsers, flag, one_case
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
+    args.case = one_case(args.case)
     prepare_debug(args.case, args.lwp)
     gdb = find_gdb()
     argv = debug_argv(args.case, args.lwp, args.gdb_args, run=not args.no_run, gdb=gdb)
@@ -26,12 +27,13 @@ def cmd_debug(args: argparse.Namespace) -> int:
 
 
 def cmd_gdb(args: argparse.Namespace) -> int:
+    args.case = one_case(args.case)
     with case_sysroot(args.case, args.lwp) as root:
         return run_gdb(core_gdb_argv(root, args.lwp, args.gdb_args, gdb=find_gdb(root.arch)))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    flag(p, "case", required=True, help="a case file (testdata/<arch>/NAME.json)")
+    flag(p, "case", required=True, help="a case: its file, arch/name or name")
     flag(p, "lwp", type=int, help="only this thread")
     p.add_argument("gdb_args", nargs="*", metavar="-- GDB-ARGS",
                    help="extra gdb arguments after --, e.g. -- -batch -ex bt")

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from rich.console import Console
 
 from ..cases.case_file import TestCase, load_case
 from ..record.new import record_case
@@ -20,13 +24,40 @@ def _summary(case: TestCase, bundled: str, started: float | None = None) -> str:
     return f"wrote {case.path}: {len(case.threads)} threads, {frames} frames, {bundled}{took}"
 
 
+# Messages that are results, not progress: shown whether or not stderr is a terminal.
+ALWAYS_SHOWN = ("warning:", "note:", "waived:")
+
+
+@contextmanager
+def progress_reporter(console: Console | None = None) -> Iterator[Callable[[str], None]]:
+    """Progress of a long recording (gcore, bundling, the oracle run): a live status
+    line with the elapsed time on a terminal, nothing when stderr is a file or a
+    pipe. Warnings and notes are printed either way."""
+    console = console or Console(stderr=True)
+    if not console.is_terminal:
+        def quiet(message: str) -> None:
+            if message.startswith(ALWAYS_SHOWN):
+                stderr(message)
+        yield quiet
+        return
+    started = time.monotonic()
+    with console.status("recording") as status:
+        def show(message: str) -> None:
+            if message.startswith(ALWAYS_SHOWN):
+                console.print(message, markup=False, highlight=False)
+            else:
+                status.update(f"{message}  [dim]({time.monotonic() - started:.0f} s)[/]")
+        yield show
+
+
 def cmd_new(args: argparse.Namespace) -> int:
-    case = record_case(
-        args.name, core=args.core, pid=args.pid, sysroot=args.sysroot,
-        executable=args.executable, gdb_differences=args.gdb_differences,
-        check_gdb=not args.no_gdb_check, force=args.force, progress=stderr,
-        testdata=Path(args.testdata), bundle_modules=not args.no_module_bundling,
-    )
+    with progress_reporter() as progress:
+        case = record_case(
+            args.name, core=args.core, pid=args.pid, sysroot=args.sysroot,
+            executable=args.executable, gdb_differences=args.gdb_differences,
+            check_gdb=not args.no_gdb_check, force=args.force, progress=progress,
+            testdata=Path(args.testdata), bundle_modules=not args.no_module_bundling,
+        )
     bundled = ("modules read from the core" if args.no_module_bundling
                else f"{len(case.modules)} modules bundled")
     print(_summary(case, bundled))
@@ -39,9 +70,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         case = load_case(path)
         comparison = verify_case(case)
         if not comparison.problems:
-            print(f"{path}: matches gdb")
-        elif case.gdb_differences:
-            print(f"{path}: differs from gdb, explained: {case.gdb_differences}")
+            explained = len(comparison.waived)
+            print(f"{path}: matches gdb" + (f" apart from {explained} explained "
+                                            f"difference(s)" if explained else ""))
+            for w in comparison.waived:
+                print(f"  thread {w.lwp} frame #{w.frame}: {w.why}")
         else:
             failures += 1
             print(f"{path}: DIFFERS from gdb:\n  " + "\n  ".join(comparison.problems))
@@ -50,9 +83,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_record_qemu(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    case = record_under_qemu(args.name, args.program, sysroot=args.sysroot, site_spec=args.site,
-                             testdata=Path(args.testdata), force=args.force,
-                             gdb_differences=args.gdb_differences)
+    with progress_reporter() as progress:
+        case = record_under_qemu(args.name, args.program, sysroot=args.sysroot,
+                                 site_spec=args.site, testdata=Path(args.testdata),
+                                 force=args.force, gdb_differences=args.gdb_differences,
+                                 progress=progress)
     print(_summary(case, f"{len(case.modules)} modules", started))
     return 0
 
@@ -71,7 +106,8 @@ def register(sub: Subparsers) -> None:
          help="bundle no module; replay rebuilds them from the core's memory (needs a "
               "core with file pages: coredump_filter 0x3f, set by -pid itself)")
     flag(p, "gdb-differences", dest="gdb_differences",
-         help="record even though gdb disagrees, with this explanation")
+         help="record even though gdb disagrees: each difference found now is stored "
+              "as a waiver with this explanation (any later difference still fails)")
     flag(p, "no-gdb-check", dest="no_gdb_check", action="store_true",
          help="skip the gdb comparison")
     flag(p, "force", action="store_true", help="overwrite an existing case")
@@ -79,7 +115,7 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_new)
 
     p = sub.add_parser("verify", help="compare cases with gdb's backtraces")
-    p.add_argument("cases", nargs="*", help="case files (default: all)")
+    p.add_argument("cases", nargs="*", help="cases: files, arch/name or name (default: all)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("record-qemu", help="record an arm64 case by running a program under "

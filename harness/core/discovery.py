@@ -81,6 +81,7 @@ class _Finder:
         self.roots = roots
         self.progress = progress
         self.machine = ARCHES[core.machine].elf_machine
+        self.missing: list[str] = []  # the core's paths no root has
 
     def find(self, path: str, warn_non_elf: bool = False) -> str | None:
         local = locate(path, self.roots)
@@ -88,6 +89,7 @@ class _Finder:
                 resolve_in_sysroot(self.roots[0], path) is None:
             self.progress(f"note: {path} is not under {self.roots[0]}; using {local}")
         if local is None:
+            self.missing.append(path)
             self.progress(f"warning: {path} is not available at {_where(path, self.roots)}; "
                           "frames in it cannot be attributed")
             return None
@@ -107,10 +109,12 @@ class _Finder:
 
 def _from_file_list(finder: _Finder) -> ModuleFiles:
     found: ModuleFiles = {}
+    seen: set[str] = set()  # one message per file, not per mapping of it
     for mapping in finder.core.mappings:
         path = mapping.path
-        if path in found or not path.startswith("/") or path.startswith(_NOT_MODULES):
+        if path in seen or not path.startswith("/") or path.startswith(_NOT_MODULES):
             continue
+        seen.add(path)
         if path.endswith(" (deleted)"):
             finder.progress(f"warning: {path} was deleted before the dump; frames in it "
                             "cannot be attributed")
@@ -148,14 +152,24 @@ def _from_link_map(finder: _Finder, executable: str | None) -> ModuleFiles:
 
 
 def discover_modules(core: CoreFile, sysroot: str | Sequence[str] | None = None, *,
-                     executable: str | None = None,
-                     progress: Progress = _quiet) -> ModuleFiles:
+                     executable: str | None = None, progress: Progress = _quiet,
+                     missing: list[str] | None = None) -> ModuleFiles:
     """The module files of a core, found in the search roots (see the module docstring).
 
     `executable` is the local file of the executable when it is known otherwise
     (qemu-user ran it from the host); it only matters for cores without NT_FILE.
+    The core's paths that no root has are appended to `missing`, so a later
+    failure can name them as its cause.
     """
     finder = _Finder(core, search_roots(sysroot), progress)
+    if missing is not None:
+        finder.missing = missing
     if core.mappings:
-        return _from_file_list(finder)
+        found = _from_file_list(finder)
+        if not found and sysroot is not None:
+            raise HarnessError(
+                f"none of the {len({m.path for m in core.mappings})} files the core maps is "
+                f"under {' or '.join(finder.roots)}: is it the right -sysroot? (the core "
+                f"lists e.g. {core.mappings[0].path})")
+        return found
     return _from_link_map(finder, executable)

@@ -14,8 +14,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..diffing import frame_diff
 from ..errors import HarnessError
-from ..formatting import frame_diff
 from .unwinder import DebugThread, replay_for_debugging
 
 
@@ -26,7 +26,8 @@ def _report(thread: DebugThread) -> None:
         verdict = "matches the case" if thread.ok else "DIFFERS from the case"
     print(f"thread {thread.lwp}: {verdict}")
     if thread.expected is not None and not thread.ok:
-        print(frame_diff(thread.expected, thread.frames))
+        print(frame_diff(thread.expected, thread.frames, expected_name="case file",
+                         actual_name="unwinder"))
     else:
         for i, frame in enumerate(thread.frames):
             print(f"  #{i:<3} {frame}")

@@ -29,6 +29,10 @@ from .gdb import QUIET_GDB, check_lwp, load_case_file
 
 # The module the Python under gdb runs.
 DEBUG_TARGET_MODULE = "harness.debug.target"
+# gdb's side: the quiet breakpoint and `quiet-run` (run by gdb, not imported).
+GDB_SCRIPT = Path(__file__).with_name("gdb_quiet.py")
+# The shared object the breakpoint waits for (bpf/build.py names it unwinder.so).
+UNWINDER_LIBRARY = "unwinder"
 
 
 @dataclass
@@ -94,20 +98,22 @@ def debug_argv(case_path: str | os.PathLike[str], lwp: int | None = None,
                gdb: str = "gdb") -> list[str]:
     """gdb's argv for single-stepping the unwinder on one case.
 
-    The breakpoint is pending: the unwinder is loaded with ctypes only after
-    Python has started, and gdb resolves the breakpoint then.
+    The unwinder is loaded with ctypes only after Python has started; gdb_quiet.py
+    sets the breakpoint when it loads and runs the program without gdb's start-up
+    notices.
     """
     target = [sys.executable, "-m", DEBUG_TARGET_MODULE, str(Path(case_path).resolve())]
     if lwp is not None:
         target += ["--lwp", str(lwp)]
     argv = [gdb, *QUIET_GDB,
-            "-ex", "set breakpoint pending on",
+            "-iex", "set print thread-events off",
             "-ex", f"directory {HOST_DIR}",
             "-ex", f"directory {default_source().directory}",
-            "-ex", f"break {entry_program()}"]
+            "-x", str(GDB_SCRIPT),
+            "-ex", f"python arm({entry_program()!r}, {UNWINDER_LIBRARY!r})"]
     argv += _python_gdb_extension()
     if run:
-        argv += ["-ex", "run"]
+        argv += ["-ex", "quiet-run"]
     return argv + list(gdb_args) + ["--args", *target]
 
 

@@ -96,6 +96,22 @@ def attach_problem(pid: int) -> str | None:
     return None
 
 
+def refusal_advice() -> str:
+    """What to do about a refused ptrace, for this machine: sudo only to a non-root
+    user, the Yama knob only where Yama is, else what is left (a container policy)."""
+    fixes = []
+    if os.geteuid() != 0:
+        fixes.append("run as root (sudo)")
+    if YAMA_SCOPE.exists() and _yama_scope() > 0:
+        fixes.append(f"allow it with `sysctl kernel.yama.ptrace_scope=0` (it is "
+                     f"{_yama_scope()})")
+    if not fixes:
+        return ("this machine has no Yama and you are root, so a sandbox refuses it "
+                "(a container without CAP_SYS_PTRACE, a seccomp profile): allow ptrace "
+                "there, or dump with `kill -ILL` and use `coredump new -core`")
+    return " or ".join(fixes)
+
+
 def gcore(pid: int, out_dir: str | Path) -> Path:
     """Snapshot a running process with gdb's gcore; errors say what to do."""
     exe = shutil.which("gcore")
@@ -115,8 +131,7 @@ def gcore(pid: int, out_dir: str | Path) -> Path:
         if not Path(f"/proc/{pid}").exists():
             hint = f" — process {pid} exited while gcore ran"
         elif "ptrace" in proc.stderr.lower() or "not permitted" in proc.stderr.lower():
-            hint = (" — ptrace was refused: run as root (sudo) or allow it with "
-                    "`sysctl kernel.yama.ptrace_scope=0`")
+            hint = f" — ptrace was refused: {refusal_advice()}"
         raise HarnessError(f"gcore failed for pid {pid}{hint}: " + " | ".join(detail))
     return core
 

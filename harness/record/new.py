@@ -10,19 +10,23 @@ compared with gdb's backtrace of the same core and the same module files
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cases.case_file import ModuleRef, TestCase, ThreadFrames
+from ..arch import host_arch
+from ..cases.case_file import GdbWaiver, ModuleRef, TestCase, ThreadFrames
 from ..cases.store import BlobStore
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
 from ..core.memory_modules import module_files, require_modules
 from ..core.process import Process
 from ..errors import HarnessError
-from ..paths import TESTDATA
+from ..paths import TESTDATA, cache_root
 from ..replay import open_case, process_from, thread_frames, unwind_process
 from .gcore import full_coredump_filter, gcore
 from .gdb_oracle import gdb_available, gdb_for
@@ -63,12 +67,18 @@ def _check_name(name: str) -> None:
         raise HarnessError(f"invalid case name {name!r}")
 
 
+def _check_free(target: Path, force: bool) -> None:
+    """A taken name fails before any work (a gcore of a large process takes minutes)."""
+    if target.exists() and not force:
+        raise HarnessError(f"{target} exists; choose another name or pass -force")
+
+
 def record_case(name: str, *, core: str | Path | None = None, pid: int | None = None,
                 sysroot: str | Sequence[str] | None = None, executable: str | None = None,
                 store: BlobStore | None = None, testdata: Path = TESTDATA,
                 gdb_differences: str | None = None, check_gdb: bool = True,
                 force: bool = False, bundle_modules: bool = True,
-                progress: Progress = _quiet) -> TestCase:
+                progress: Progress = _quiet, temporary_core: bool = False) -> TestCase:
     """Create testdata/<arch>/<name>.json from a core or a running process.
 
     Module files are found in `sysroot` (one directory or several, searched in
@@ -76,12 +86,16 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
     the executable where the core's path for it is not under the sysroot (qemu-user
     runs it from the host). With bundle_modules=False no module is stored: replay
     rebuilds them from the core's memory (core/memory_modules.py), which needs a
-    core with file pages.
+    core with file pages. A core made for this recording (gcore, or
+    `temporary_core` as record-qemu's) is kept in the cache if the recording fails.
     """
     if (core is None) == (pid is None):
         raise HarnessError("give exactly one of -core FILE and -pid PID")
     _check_name(name)
     store = store or BlobStore(testdata / "blobs")
+    if pid is not None:
+        # gcore writes a core of this machine's architecture.
+        _check_free(testdata / (host_arch() or "unknown") / f"{name}.json", force)
     with tempfile.TemporaryDirectory(prefix="coredump-new-") as tmp:
         if pid is not None:
             progress(f"running gcore on pid {pid}")
@@ -93,48 +107,85 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         assert core is not None
         core_path = Path(core)
         core_file = CoreFile(core_path)
+        target = testdata / core_file.machine / f"{name}.json"
+        missing: list[str] = []
         try:
+            _check_free(target, force)
             files: Mapping[str, tuple[str | Path, str | None]]
             if bundle_modules:
                 files = discover_modules(core_file, sysroot, executable=executable,
-                                         progress=progress)
+                                         progress=progress, missing=missing)
             else:
                 files = module_files(core_file, progress=progress)
                 require_modules(files, core_path)
         except BaseException:
             core_file.close()
             raise
-        target = testdata / core_file.machine / f"{name}.json"
-        if target.exists() and not force:
-            core_file.close()
-            raise HarnessError(f"{target} exists; choose another name or pass -force")
 
         progress(f"unwinding {core_path.name} ({core_file.machine}, {len(files)} modules "
                  "on disk)")
         process = process_from(core_file, files)
+        exe = process.executable_path()
+        exe_file = str(files[exe][0]) if exe in files else None
         try:
-            threads, module_refs = _unwind_and_bundle(process, core_path, store, bundle_modules,
-                                                      check_gdb, gdb_differences, progress)
-        finally:
-            process.close()
-        progress(f"storing the core ({core_path.stat().st_size} bytes)")
-        core_ref = store.put_file(core_path)
-
-    case = TestCase(core_ref, threads, module_refs, gdb_differences=gdb_differences,
-                    no_module_bundling=not bundle_modules)
-    case.path = target
-    _check_replay(case, store, threads)
+            try:
+                threads, module_refs, waivers = _unwind_and_bundle(
+                    process, core_path, store, bundle_modules, check_gdb, gdb_differences,
+                    progress, missing)
+            finally:
+                process.close()
+            progress(f"storing the core ({core_path.stat().st_size} bytes)")
+            core_ref = store.put_file(core_path)
+            case = TestCase(core_ref, threads, module_refs, gdb_differences=waivers,
+                            no_module_bundling=not bundle_modules)
+            case.path = target
+            _check_replay(case, store, threads)
+        except HarnessError as e:
+            advice = _keep_failed(core_path, name, pid, sysroot, exe_file,
+                                  keep=temporary_core or pid is not None)
+            raise HarnessError(f"{e}\n{advice}") from e
     case.save(target)
     return case
 
 
+def _keep_failed(core: Path, name: str, pid: int | None,
+                 sysroot: str | Sequence[str] | None, exe_file: str | None,
+                 keep: bool) -> str:
+    """Keep the core of a failed recording (a gcore'd process may be gone, qemu's
+    temporary directory is removed) and say how to look at it."""
+    if keep:
+        kept_dir = cache_root() / "failed"
+        kept_dir.mkdir(parents=True, exist_ok=True)
+        kept = kept_dir / (f"{name}.{pid}.core" if pid is not None else f"{name}.core")
+        shutil.move(core, kept)
+        core = kept
+        where = f"the core is kept at {core}"
+    else:
+        where = f"the core is {core}"
+    roots = [sysroot] if isinstance(sysroot, str) else list(sysroot or [])
+    flags = "".join(f" -sysroot {shlex.quote(str(r))}" for r in roots)
+    gdb_root = f" -ex 'set sysroot {roots[0]}'" if roots else ""
+    return (f"{where}; look at it with:\n"
+            f"  .venv/bin/coredump analyze -core {shlex.quote(str(core))}{flags}\n"
+            f"  gdb{gdb_root} -ex 'set backtrace past-main on' "
+            f"{shlex.quote(exe_file) + ' ' if exe_file else ''}-c {shlex.quote(str(core))}"
+            " -ex 'thread apply all bt'\n"
+            f"  .venv/bin/coredump new -core {shlex.quote(str(core))} -name {name}{flags} "
+            "(to record it again)")
+
+
 def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                        bundle_modules: bool, check_gdb: bool, gdb_differences: str | None,
-                       progress: Progress) -> tuple[list[ThreadFrames], list[ModuleRef]]:
-    """Unwind every thread, check with gdb, store the modules to bundle."""
+                       progress: Progress, missing: Sequence[str] = ()
+                       ) -> tuple[list[ThreadFrames], list[ModuleRef], list[GdbWaiver]]:
+    """Unwind every thread, check with gdb, store the modules to bundle.
+
+    With `gdb_differences` (the reason), each difference gdb shows becomes one
+    waiver carrying that reason, so later differences are not covered by it."""
     tracker = ReadTracker(process)
     result = unwind_process(process, reader=tracker.read)
     threads = thread_frames(result)
+    waivers: list[GdbWaiver] = []
     if check_gdb:
         gdb = gdb_for(process.arch)
         if gdb_available(gdb) is None:
@@ -142,17 +193,34 @@ def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                                "pass -no-gdb-check")
         progress("comparing with gdb")
         comparison = compare_with_gdb(process, core_path, threads)
-        if comparison.problems and not gdb_differences:
+        exe = process.executable_path()
+        lacking = [p for p in missing if ".so" in os.path.basename(p) or p == exe]
+        if comparison.problems and lacking:
+            # The cause, not the symptom: frames in a file we lack cannot match gdb.
+            raise HarnessError(
+                "the core maps files that the sysroot lacks, so frames in them cannot be "
+                "unwound: " + ", ".join(lacking) + "; copy them into the sysroot (or pass "
+                "another -sysroot), then record again. gdb's comparison:\n"
+                + "\n".join(comparison.problems))
+        if comparison.unwaivable or (comparison.problems and not gdb_differences):
             raise HarnessError(
                 "the unwinder disagrees with gdb; fix it, or record anyway with "
-                "-gdb-differences \"explanation\":\n" + "\n".join(comparison.problems))
+                "-gdb-differences \"explanation\" (stored per frame, for these differences "
+                "only):\n" + "\n".join(comparison.problems))
+        if gdb_differences:
+            if not comparison.differences:
+                raise HarnessError("-gdb-differences was given but gdb agrees with every "
+                                   "frame: record without it")
+            waivers = [d.waiver(gdb_differences) for d in comparison.differences]
+            for d in comparison.differences:
+                progress(f"waived: {d.describe()}")
     module_refs = []
     if bundle_modules:
         for path in _bundled_modules(process, result.touched_file_ids, tracker.files):
             progress(f"storing {path}")
             module_refs.append(ModuleRef(store.put_file(process.modules[path].local_path),
                                          path))
-    return threads, module_refs
+    return threads, module_refs, waivers
 
 
 def _check_replay(case: TestCase, store: BlobStore, threads: list[ThreadFrames]) -> None:

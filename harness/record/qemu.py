@@ -16,8 +16,11 @@ host file of the wrong architecture).
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -32,6 +35,8 @@ from ..arch import ARM64
 from ..cases.case_file import TestCase
 from ..check.sites import disassembler
 from ..core.discovery import HOST_ROOT
+from ..core.module import Module
+from ..core.symbols import function_symbols
 from ..errors import HarnessError
 from ..paths import TESTDATA
 from .new import Progress, record_case
@@ -39,7 +44,15 @@ from .new import Progress, record_case
 DEFAULT_SYSROOT = "/usr/aarch64-linux-gnu"
 QEMU = "qemu-aarch64"
 GDB = "gdb-multiarch"
+C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Bounds of every wait on qemu and gdb, in seconds.
+GDB_STOP_TIMEOUT = 60.0
+QEMU_EXIT_TIMEOUT = 60.0
 SITES = ("entry", "after-stp", "body", "after-ldp", "ret", "after-sub", "loop")
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def _require(tool: str, package: str) -> str:
@@ -62,7 +75,12 @@ class Site:
 
     @property
     def gdb_location(self) -> str:
-        return f"*({self.function}+{self.offset})"
+        # GCC's clones (`f.constprop.0`, `.isra.0`, `.part.0`) are not C identifiers:
+        # unquoted, gdb reads the dots as member access. A C identifier stays bare,
+        # since gdb reads a quoted short name ('f4') as a character constant.
+        name = self.function if C_IDENTIFIER.fullmatch(self.function) else \
+            f"'{self.function}'"
+        return f"*({name}+{self.offset})"
 
 
 def resolve_site(binary: str, spec: str) -> Site:
@@ -72,9 +90,16 @@ def resolve_site(binary: str, spec: str) -> Site:
     like `sites.f5.epi.ldp` keeps meaning "right after the ldp x29, x30" when
     the compiler moves instructions around.
     """
+    if not Path(binary).is_file():
+        raise HarnessError(f"program {binary} does not exist")
     if "+" in spec:
-        function, offset = spec.split("+", 1)
-        return Site(function, int(offset, 0))
+        function, offset = spec.rsplit("+", 1)
+        try:
+            number = int(offset, 0)
+        except ValueError:
+            raise HarnessError(f"bad offset {offset!r} in {spec!r} (FUNCTION+0x10)") from None
+        _function_symbol(binary, function)  # an unknown name fails here, not in gdb
+        return Site(function, number)
     function, _, site = spec.partition(":")
     if site not in SITES:
         raise HarnessError(f"unknown site {site!r} in {spec!r}; known: {', '.join(SITES)}")
@@ -114,26 +139,34 @@ def _loop_head(insns: list[tuple[int, str, str]]) -> int:
     raise HarnessError("no backward branch (loop) in the function")
 
 
-def _disassemble_function(binary: str, function: str) -> list[tuple[int, str, str]]:
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.sections import SymbolTableSection
+def _function_symbol(binary: str, function: str) -> tuple[int, int]:
+    """(address, size) of a function symbol; an unknown name lists near matches."""
+    path = Path(binary)
+    module = Module(str(path), path)
+    try:
+        symbols = {name: (addr, size) for addr, (name, size) in
+                   function_symbols(module.read).items()}
+    finally:
+        module.close()
+    if function in symbols:
+        return symbols[function]
+    if not symbols:
+        raise HarnessError(f"{binary} has no function symbols (stripped? build with a symtab)")
+    near = difflib.get_close_matches(function, list(symbols), n=5, cutoff=0.5)
+    near += [n for n in symbols if n.startswith(function + ".") and n not in near]
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    raise HarnessError(f"{binary} has no function {function!r}{hint}")
 
-    with open(binary, "rb") as f:
-        elf = ELFFile(f)
-        symtab = elf.get_section_by_name(".symtab")
-        symbols = symtab.get_symbol_by_name(function) if isinstance(symtab, SymbolTableSection) \
-            else None
-        if not symbols:
-            raise HarnessError(f"{binary} has no symbol {function} (built without a symtab?)")
-        sym = symbols[0]
-        start, size = sym["st_value"], sym["st_size"]
-        for seg in elf.iter_segments(type="PT_LOAD"):
-            if seg["p_vaddr"] <= start < seg["p_vaddr"] + seg["p_filesz"]:
-                f.seek(seg["p_offset"] + start - seg["p_vaddr"])
-                code = f.read(size)
-                break
-        else:
-            raise HarnessError(f"{function} is not in a loaded segment of {binary}")
+
+def _disassemble_function(binary: str, function: str) -> list[tuple[int, str, str]]:
+    start, size = _function_symbol(binary, function)
+    module = Module(binary, binary)
+    try:
+        code = module.read_vaddr(start, size)
+    finally:
+        module.close()
+    if code is None:
+        raise HarnessError(f"{function} is not in a loaded segment of {binary}")
     md = disassembler(ARM64)
     md.detail = False
     return [(i.address, i.mnemonic, i.op_str) for i in md.disasm(code, start)]
@@ -145,7 +178,7 @@ def _core_limit() -> None:
 
 def freeze_under_qemu(program: list[str], workdir: str, *, sysroot: str = DEFAULT_SYSROOT,
                       site: Site | None = None, ready_timeout: float = 30.0,
-                      progress: Progress = print) -> Path:
+                      progress: Progress = _quiet) -> Path:
     """Run `program` under qemu-user and return the guest core it leaves behind."""
     qemu = _require(QEMU, "qemu-user")
     args = [qemu, "-L", sysroot, "-cpu", "max,sve=off"]
@@ -162,7 +195,11 @@ def freeze_under_qemu(program: list[str], workdir: str, *, sysroot: str = DEFAUL
             _wait_ready(proc, ready_timeout)
             progress(f"freezing {Path(exe).name} (pid {proc.pid}) with SIGABRT")
             os.kill(proc.pid, signal.SIGABRT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=QEMU_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"qemu did not exit within {QEMU_EXIT_TIMEOUT:g} s of SIGABRT "
+                               "(writing the guest core?); nothing was recorded") from None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -177,11 +214,18 @@ def freeze_under_qemu(program: list[str], workdir: str, *, sysroot: str = DEFAUL
 
 
 def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> None:
+    """Wait for the `ready` line, at most `timeout` seconds (readline alone could
+    block forever on a program that never prints it)."""
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = proc.stdout.readline()
-    if not line.startswith("ready") or time.monotonic() > deadline:
-        raise HarnessError(f"the program did not print `ready` (got {line!r})")
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not ready:
+        raise HarnessError(f"the program did not print `ready` within {timeout:g} s; "
+                           "programs for record-qemu print it once they reach their state "
+                           "(or use -site FUNCTION:SITE)")
+    if not line.startswith("ready"):
+        raise HarnessError(f"the program did not print `ready` (got {line!r}; exit status "
+                           f"{proc.poll()})")
     time.sleep(0.3)  # let every thread reach its blocking call
 
 
@@ -196,7 +240,12 @@ def _stop_at_site(exe: str, port: int, site: Site, progress: Progress) -> None:
         "signal SIGABRT",
     ]
     cmd = [gdb, "-nx", "-batch", "-q"] + [a for line in script for a in ("-ex", line)] + [exe]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=GDB_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"{GDB} did not stop at {site.gdb_location} within "
+                           f"{GDB_STOP_TIMEOUT:g} s: the program does not reach it (or waits "
+                           "for input); pick a site on its path") from None
     if "stopped at pc=" not in out.stdout:
         raise HarnessError(f"{GDB} did not stop at {site.gdb_location}:\n"
                            f"{(out.stdout + out.stderr)[-2000:]}")
@@ -205,11 +254,16 @@ def _stop_at_site(exe: str, port: int, site: Site, progress: Progress) -> None:
 def record_under_qemu(name: str, program: list[str], *, sysroot: str = DEFAULT_SYSROOT,
                       site_spec: str | None = None, testdata: Path = TESTDATA,
                       force: bool = False, gdb_differences: str | None = None,
-                      progress: Progress = print) -> TestCase:
+                      progress: Progress = _quiet) -> TestCase:
+    if not Path(program[0]).is_file():
+        raise HarnessError(f"program {program[0]} does not exist (build it first, e.g. "
+                           "CC=aarch64-linux-gnu-gcc testsources/build.sh "
+                           "testsources/build/arm64)")
     site = resolve_site(program[0], site_spec) if site_spec else None
     with tempfile.TemporaryDirectory(prefix="coredump-qemu-") as workdir:
         core = freeze_under_qemu(program, workdir, sysroot=sysroot, site=site,
                                  progress=progress)
         return record_case(name, core=core, sysroot=[sysroot, HOST_ROOT],
                            executable=os.path.abspath(program[0]), testdata=testdata,
-                           force=force, gdb_differences=gdb_differences, progress=progress)
+                           force=force, gdb_differences=gdb_differences, progress=progress,
+                           temporary_core=True)

@@ -4,27 +4,63 @@ files, and its frames are compared with ours one by one (`coredump new`,
 
 gdb's frames are put in the case's spelling first: `module+0x<ELF vaddr>`, with
 callers at their return address minus one, as the unwinder prints them.
+
+The lists are aligned (diffing.py) and each hunk is one difference, named by its
+thread, our frame index and the frames on both sides. A difference is accepted
+only if the case has a waiver for exactly it (`gdb-differences`, with the reason);
+a waiver that matches nothing is stale and fails as well, so a case-wide silence
+is impossible: changing an unrelated frame always shows.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cases.case_file import TestCase, ThreadFrames
+from ..cases.case_file import GdbWaiver, TestCase, ThreadFrames
 from ..cases.store import BlobStore
 from ..core.process import Process
-from ..formatting import frame_diff
+from ..diffing import Annotate, frame_annotator, frame_diff, hunks
 from ..replay import open_case
 from .gdb_oracle import gdb_backtraces, gdb_for, make_sysroot
 
 
+@dataclass(frozen=True)
+class GdbDifference:
+    """gdb printed `gdb` where we print `ours`, from our frame `frame` of thread `lwp`."""
+
+    lwp: int
+    frame: int
+    gdb: tuple[str, ...]
+    ours: tuple[str, ...]
+
+    def waiver(self, why: str) -> GdbWaiver:
+        return GdbWaiver(self.lwp, self.frame, list(self.gdb), list(self.ours), why)
+
+    def matches(self, waiver: GdbWaiver) -> bool:
+        return (waiver.lwp, waiver.frame, waiver.gdb, waiver.ours) == \
+            (self.lwp, self.frame, list(self.gdb), list(self.ours))
+
+    def describe(self) -> str:
+        gdb = ", ".join(self.gdb) or "nothing"
+        ours = ", ".join(self.ours) or "nothing"
+        return f"thread {self.lwp} frame #{self.frame}: gdb {gdb}; ours {ours}"
+
+
 @dataclass
 class GdbComparison:
+    """`problems` fail (unexplained differences, stale waivers, missing threads);
+    `differences` are all those found, `waived` the ones the case explains."""
+
     problems: list[str]
     gdb_threads: dict[int, list[str]]
+    differences: list[GdbDifference] = field(default_factory=list)
+    waived: list[GdbWaiver] = field(default_factory=list)
+    # Problems no waiver can cover (a thread gdb does not list).
+    unwaivable: list[str] = field(default_factory=list)
 
 
 def gdb_frames(process: Process, core_path: str | Path, exe: str,
@@ -51,39 +87,68 @@ def gdb_frames(process: Process, core_path: str | Path, exe: str,
 
 
 def compare_with_gdb(process: Process, core_path: str | Path,
-                     threads: list[ThreadFrames]) -> GdbComparison:
-    """Compare our frames with gdb's, thread by thread."""
+                     threads: list[ThreadFrames], waivers: Sequence[GdbWaiver] = (),
+                     annotate: Annotate | None = None) -> GdbComparison:
+    """Compare our frames with gdb's, thread by thread; `waivers` are the case's
+    accepted differences, `annotate` adds symbols to the diffs shown."""
     exe = process.executable_path()
     if exe is None or exe not in process.modules:
-        return GdbComparison(["cannot find the executable of the core for gdb"], {})
+        problem = "cannot find the executable of the core for gdb"
+        return GdbComparison([problem], {}, unwaivable=[problem])
     with tempfile.TemporaryDirectory(prefix="coredump-sysroot-") as tmp:
         files = {path: str(m.local_path) for path, m in process.modules.items()}
         sysroot = make_sysroot(tmp, files)
         exe_local = os.path.join(sysroot, exe.lstrip("/"))
         theirs = gdb_frames(process, core_path, exe_local, sysroot)
-    problems = []
+    return judge(threads, theirs, waivers,
+                 annotate or frame_annotator(process.modules.values()))
+
+
+def judge(threads: list[ThreadFrames], theirs: dict[int, list[str]],
+          waivers: Sequence[GdbWaiver] = (), annotate: Annotate | None = None) -> GdbComparison:
+    """Our threads against gdb's frames, with the case's waivers applied."""
+    comparison = GdbComparison([], theirs)
+    unused = list(waivers)
     for t in threads:
-        ours = [f for f in t.frames if not f.startswith("<")]
-        aborted = len(ours) != len(t.frames)
         gdb = theirs.get(t.lwp)
         if gdb is None:
-            problems.append(f"thread {t.lwp}: gdb does not list it")
+            comparison.unwaivable.append(f"thread {t.lwp}: gdb does not list it")
+            comparison.problems.append(comparison.unwaivable[-1])
             continue
-        # An aborted walk must agree with gdb as far as it got.
-        compared = gdb[: len(ours)] if aborted else gdb
-        if ours != compared:
-            problems.append(f"thread {t.lwp} differs from gdb (expected = gdb):\n"
-                            + frame_diff(compared, ours))
-        elif aborted:
-            problems.append(f"thread {t.lwp}: our unwinder aborted after {len(ours)} frames "
-                            f"where gdb found {len(gdb)}: {t.frames[-1]}")
-    return GdbComparison(problems, theirs)
+        # Our error frame (an aborted walk) stays in: it lines up against the frames
+        # gdb found beyond the point where we stopped, and is a difference like any.
+        ours = [f for f in t.frames[:-1] if not f.startswith("<")] + t.frames[-1:]
+        found = [GdbDifference(t.lwp, h.act_start, tuple(h.expected(gdb)),
+                               tuple(h.actual(ours))) for h in hunks(gdb, ours)]
+        comparison.differences += found
+        unexplained = []
+        for d in found:
+            waiver = next((w for w in unused if d.matches(w)), None)
+            if waiver is None:
+                unexplained.append(d)
+            else:
+                unused.remove(waiver)
+                comparison.waived.append(waiver)
+        if unexplained:
+            comparison.problems.append(
+                f"thread {t.lwp} differs from gdb ({len(unexplained)} unexplained, "
+                f"{len(found) - len(unexplained)} explained):\n"
+                + "\n".join("  " + d.describe() for d in unexplained) + "\n"
+                + frame_diff(gdb, ours, expected_name="gdb", actual_name="ours",
+                             annotate=annotate))
+    for w in unused:
+        comparison.problems.append(
+            f"stale gdb waiver: thread {w.lwp} frame #{w.frame} (gdb {', '.join(w.gdb)}; "
+            f"ours {', '.join(w.ours)}; why: {w.why}) matches no difference any more: "
+            "remove it from the case file")
+    return comparison
 
 
 def verify_case(case: TestCase, store: BlobStore | None = None) -> GdbComparison:
     """Re-run the gdb comparison for a recorded case."""
     process = open_case(case, store)
     try:
-        return compare_with_gdb(process, process.core.path, case.threads)
+        return compare_with_gdb(process, process.core.path, case.threads,
+                                case.gdb_differences)
     finally:
         process.close()
