@@ -158,8 +158,10 @@ def test_validate_deltas_names_missing_modules(capsys: pytest.CaptureFixture[str
 
 
 def test_analyze_shows_the_site_class(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["analyze", "-case", str(ARM64 / "sites.f5.epi.ret.json")]) == 0
+    assert main(["analyze", "-sites", "-case", str(ARM64 / "sites.f5.epi.ret.json")]) == 0
     assert "(PC at: return of sites!f5+" in capsys.readouterr().out
+    assert main(["analyze", "-case", str(ARM64 / "sites.f5.epi.ret.json")]) == 0
+    assert "PC at" not in capsys.readouterr().out  # capstone only when asked
 
 
 def test_calls_that_never_return_end_the_path() -> None:

@@ -74,7 +74,7 @@ def _analyze(case: TestCase | None, args: argparse.Namespace) -> str:
             return json.dumps([{"lwp": t.lwp, "frames": t.frames} for t in threads], indent=2)
         # Symbols need the modules open; the JSON keeps the case-file format.
         return "\n".join(_thread_lines([(t.lwp, t.frames) for t in threads],
-                                       _site_texts(process),
+                                       _site_texts(process) if args.sites else None,
                                        frame_annotator(process.modules.values())))
     finally:
         process.close()
@@ -224,6 +224,9 @@ def register(sub: Subparsers) -> None:
     flag(p, "json", action="store_true", help="print the threads array of a case file")
     flag(p, "debug-ebpf", dest="debug_ebpf", action="store_true",
          help="print the unwinder's DEBUG_PRINT messages on stderr while it runs")
+    flag(p, "sites", action="store_true",
+         help="say where in its function each thread's PC is (prologue, body, epilogue, "
+              "return; capstone): what `validate` checks")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("replay", help="replay cases and print a table (all by default)")

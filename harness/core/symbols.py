@@ -20,12 +20,16 @@ the file, so a mapped Module and a decompressed buffer are parsed alike.
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import lzma
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import atomic_path
+from ..paths import cache_root
 from . import elf
 from .elf import SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, Ehdr, Shdr, Sym
 from .module import Module
@@ -211,13 +215,39 @@ _TABLE_LIMIT = 64
 
 def module_symbols(module: Module,
                    debug_dirs: Iterable[str | os.PathLike[str]] = DEBUG_DIRS) -> SymbolTable:
-    """The module's SymbolTable, parsed once per content id."""
+    """The module's SymbolTable, parsed once per content id and cached on disk
+    (libc's tables take a Python process 0.1-0.2 s to parse). The cache key covers
+    the debug file found for the module, so installing one is seen at once."""
     dirs = tuple(str(d) for d in debug_dirs)
     key = (module.content_id, dirs)
     table = _TABLES.get(key)
     if table is None:
-        table = symbols_of(module.read, dirs)
+        table = _cached(module, dirs)
         if len(_TABLES) >= _TABLE_LIMIT:
             del _TABLES[next(iter(_TABLES))]
         _TABLES[key] = table
+    return table
+
+
+_CACHE_VERSION = 1
+
+
+def _cached(module: Module, dirs: tuple[str, ...]) -> SymbolTable:
+    build = build_id(module.read)
+    found = debug_file(build, dirs) if build else None
+    try:
+        stamp = f"{found}:{found.stat().st_mtime_ns}" if found is not None else "-"
+    except OSError:
+        stamp = "-"
+    digest = hashlib.sha256(f"{_CACHE_VERSION}\0{dirs}\0{stamp}".encode()).hexdigest()[:16]
+    path = cache_root() / "symbols" / f"{module.content_id}-{digest}.json"
+    try:
+        doc = json.loads(path.read_text())
+        return SymbolTable(doc["starts"], doc["names"], doc["ends"], tuple(doc["sources"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or not ours: parse again
+    table = symbols_of(module.read, dirs)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"starts": table.starts, "names": table.names,
+                                   "ends": table.ends, "sources": list(table.sources)}))
     return table
