@@ -803,3 +803,61 @@ def test_unwritable_cache_dir_still_returns_data(
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     assert load_unwind_data(frame_prog, "x", blocker) == frame_data
+
+
+# ------------------------------------------------------------ the two decoders agree
+
+
+def _both(path: Path) -> tuple[ModuleUnwindData | None, ModuleUnwindData]:
+    from harness.unwind_data import eh_frame
+    from harness.unwind_data.cfi import extract_unwind_data as with_pyelftools
+
+    return eh_frame.extract(path), with_pyelftools(path)
+
+
+def _same(fast: ModuleUnwindData | None, slow: ModuleUnwindData) -> None:
+    assert fast is not None, "the direct decoder fell back"
+    assert (fast.machine, fast.fde_count, fast.fde_errors, fast.sources) == (
+        slow.machine, slow.fde_count, slow.fde_errors, slow.sources)
+    assert fast.fde_ranges == slow.fde_ranges
+    assert fast.deltas == slow.deltas
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [LIBC, LIBC_ARM64,
+                                  Path("/lib64/ld-linux-x86-64.so.2"),
+                                  Path("/usr/lib/x86_64-linux-gnu/libstdc++.so.6")],
+                         ids=lambda p: p.name)
+def test_direct_decoder_equals_pyelftools(path: Path) -> None:
+    """eh_frame.py is what runs; cfi.py (pyelftools) is the reference it must equal,
+    delta for delta, FDE for FDE, error for error."""
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    _same(*_both(path))
+
+
+@needs_gcc
+def test_direct_decoder_equals_pyelftools_on_built_programs(workdir: Path) -> None:
+    """.debug_frame, hand-written CFI and a frame-pointer program, both decoders."""
+    main = write(workdir, "m.c", "int dbg(int);int main(int c,char**v){(void)v;return dbg(c);}\n")
+    dbg = write(workdir, "d.c", FRAME_C.replace("work", "dbg").split("int main")[0])
+    exe = build(workdir, "both", {main: ["-O2"], dbg: ["-O0", "-g",
+                                                      "-fno-asynchronous-unwind-tables"]})
+    _same(*_both(exe))
+
+
+@needs_gcc
+def test_compressed_debug_frame_falls_back_to_pyelftools(workdir: Path) -> None:
+    """What the direct decoder does not read (SHF_COMPRESSED) goes to pyelftools."""
+    objcopy = shutil.which("objcopy")
+    if objcopy is None:
+        pytest.skip("objcopy is not installed (binutils)")
+    main = write(workdir, "z.c", FRAME_C)
+    exe = build(workdir, "zdebug", {main: ["-O0", "-g", "-fno-asynchronous-unwind-tables"]})
+    packed = workdir / "zdebug.z"
+    subprocess.run([objcopy, "--compress-debug-sections=zlib", str(exe), str(packed)],
+                   check=True)
+    fast, slow = _both(packed)
+    assert fast is None
+    assert ".debug_frame" in slow.sources and slow.fde_count > 0
+    assert extract_unwind_data(packed).deltas == slow.deltas == _both(exe)[1].deltas

@@ -10,10 +10,7 @@ import io
 import logging
 import os
 import struct
-from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from elftools.common.exceptions import ELFError
@@ -31,8 +28,17 @@ from elftools.dwarf.structs import DWARFStructs
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import Section
 
-from ..arch import AMD64, ARCHES, Arch
 from ..errors import UnwindDataError
+from .deltas import (
+    _ARCHES,
+    _Arch,
+    _build_deltas,
+    _clip,
+    _Coverage,
+    _is_code,
+    _make_rule,
+    _match_plt_expression,
+)
 from .model import (
     _INVALID_RULE,
     _SIGNAL_RULE,
@@ -40,32 +46,11 @@ from .model import (
     CFA_FP,
     CFA_PLT,
     CFA_SP,
-    FRAME_POINTER_RULE,
     ModuleUnwindData,
     UnwindRule,
 )
 
 log = logging.getLogger("harness.unwind_data")
-
-
-@dataclass(frozen=True)
-class _Arch:
-    """DWARF register numbering and conventions of one machine."""
-
-    name: str
-    sp: int
-    fp: int
-    default_ra_offset: int  # RA location when the RA column has no rule
-    plt_expressions: bool  # whether to recognise the x86_64 PLT CFA expression
-
-    @classmethod
-    def of(cls, arch: Arch) -> _Arch:
-        # binutils describes x86_64 .plt entries with one CFA expression (see below)
-        return cls(arch.name, arch.dwarf_sp, arch.dwarf_fp, arch.entry_ra_offset,
-                   plt_expressions=arch.name == AMD64)
-
-
-_ARCHES = {a.elf_machine_name: _Arch.of(a) for a in ARCHES.values()}
 
 
 class _MalformedFDE(Exception):
@@ -156,15 +141,6 @@ def _executable_ranges(elf: ELFFile) -> list[tuple[int, int]]:
         if seg["p_type"] == "PT_LOAD" and seg["p_flags"] & 1:  # PF_X
             ranges.append((seg["p_vaddr"], seg["p_vaddr"] + seg["p_memsz"]))
     return ranges
-
-
-def _is_code(start: int, end: int, code: list[tuple[int, int]]) -> bool:
-    """Whether an FDE range is plausible: non-empty and, if we know where the code is,
-    inside it. Linkers leave FDEs of discarded sections in .debug_frame with a
-    tombstone address (0 for GNU ld, -1 for lld); they must not shadow real code."""
-    if end <= start or start == 0:
-        return False
-    return not code or any(lo <= start and end <= hi for lo, hi in code)
 
 
 def _open_cfi(
@@ -333,100 +309,7 @@ def _row_rule(row: dict[Any, Any], arch: _Arch, ra_reg: int) -> UnwindRule:
     return _make_rule(cfa_op, cfa_param, fp_offset, ra_offset, aux)
 
 
-@lru_cache(maxsize=4096)
-def _make_rule(cfa_op: int, cfa_param: int, fp_offset: int, ra_offset: int, aux: int) -> UnwindRule:
-    """Interned rules: a module has only a few hundred distinct ones, and sharing them
-    makes the per-row work and the later merging cheap."""
-    return UnwindRule(cfa_op, cfa_param, fp_offset=fp_offset, ra_offset=ra_offset, aux=aux)
-
-
-# DW_OP_breg7 <off>; DW_OP_breg16 0; DW_OP_lit15; DW_OP_and; DW_OP_lit<N>; DW_OP_ge;
-# DW_OP_lit3; DW_OP_shl; DW_OP_plus  -- what binutils emits for x86_64 .plt entries.
-_DW_OP_BREG7 = 0x77
-_PLT_MIDDLE = bytes([0x80, 0x00, 0x3F, 0x1A])
-_PLT_TAIL = bytes([0x2A, 0x33, 0x24, 0x22])
-_DW_OP_LIT0, _DW_OP_LIT31 = 0x30, 0x4F
-
-
-def _match_plt_expression(expr: list[int]) -> tuple[int, int] | None:
-    """(cfa_param, threshold) if expr is the x86_64 PLT CFA expression, else None."""
-    code = bytes(expr)
-    # breg7's operand is an SLEB128; accept the one-byte, non-negative forms (0..63).
-    if len(code) != 11 or code[0] != _DW_OP_BREG7 or code[1] > 0x3F:
-        return None
-    if code[2:6] != _PLT_MIDDLE or code[7:] != _PLT_TAIL:
-        return None
-    if not _DW_OP_LIT0 <= code[6] <= _DW_OP_LIT31:
-        return None
-    return code[1], code[6] - _DW_OP_LIT0
-
-
 # ------------------------------------------------------------------- merging the table
-
-
-class _Coverage:
-    """Disjoint, sorted half-open address intervals already claimed by earlier FDEs;
-    implements "first FDE wins" for overlaps in any order."""
-
-    def __init__(self) -> None:
-        self._starts: list[int] = []
-        self._ends: list[int] = []
-
-    def claim(self, start: int, end: int) -> list[tuple[int, int]]:
-        """Claim [start, end) and return the parts of it that were still free."""
-        first = bisect_right(self._ends, start)  # first interval ending after start
-        free = []
-        cursor = start
-        last = first
-        while last < len(self._starts) and self._starts[last] < end:
-            if self._starts[last] > cursor:
-                free.append((cursor, self._starts[last]))
-            cursor = max(cursor, self._ends[last])
-            last += 1
-        if cursor < end:
-            free.append((cursor, end))
-        if last > first:
-            start = min(start, self._starts[first])
-            end = max(end, self._ends[last - 1])
-        self._starts[first:last] = [start]
-        self._ends[first:last] = [end]
-        return free
-
-
-def _clip(
-    pieces: list[tuple[int, int, UnwindRule]], free: list[tuple[int, int]]
-) -> list[tuple[int, int, UnwindRule]]:
-    """Restrict an FDE's pieces to the free parts of its range."""
-    if len(free) == 1 and pieces and free[0] == (pieces[0][0], pieces[-1][1]):
-        return pieces  # common case: no overlap
-    clipped = []
-    for lo, hi in free:
-        for start, end, rule in pieces:
-            start, end = max(start, lo), min(end, hi)
-            if start < end:
-                clipped.append((start, end, rule))
-    return clipped
-
-
-def _build_deltas(segments: list[tuple[int, int, UnwindRule]]) -> list[tuple[int, UnwindRule]]:
-    """Turn disjoint (start, end, rule) pieces into the sorted delta list, filling gaps
-    with FRAME_POINTER_RULE and merging runs of equal rules."""
-    segments.sort(key=lambda seg: seg[0])
-    deltas: list[tuple[int, UnwindRule]] = []
-
-    def emit(addr: int, rule: UnwindRule) -> None:
-        if not deltas or deltas[-1][1] != rule:
-            deltas.append((addr, rule))
-
-    prev_end: int | None = None
-    for start, end, rule in segments:
-        if prev_end is not None and start != prev_end:
-            emit(prev_end, FRAME_POINTER_RULE)
-        emit(start, rule)
-        prev_end = end
-    if prev_end is not None:
-        emit(prev_end, FRAME_POINTER_RULE)
-    return deltas
 
 
 # ------------------------------------------------------------------------------ caching
