@@ -352,17 +352,11 @@ def test_libc_plt_rules_only_in_plt(libc: Loaded) -> None:
     assert all(plt[0] <= a < plt[1] for a in plt_deltas)
 
 
-def test_libc_cache_timing(libc: Loaded, capsys: pytest.CaptureFixture[str]) -> None:
+def test_libc_cache_round_trip(libc: Loaded) -> None:
+    """The cached copy is the extracted data (how long either takes is coredump
+    bench's business, not a test's)."""
     assert libc.cached == libc.data
-    assert libc.cached_s < libc.cold_s / 5
-    distinct = len({rule for _, rule in libc.data.deltas})
-    with capsys.disabled():
-        print(
-            f"\n[unwind_data] libc: {libc.data.fde_count} FDEs, {libc.data.fde_errors} errors, "
-            f"{len(libc.data.deltas)} deltas, {distinct} distinct rules; "
-            f"cold extract+write {libc.cold_s * 1000:.0f} ms, "
-            f"cached load {libc.cached_s * 1000:.1f} ms"
-        )
+    assert len({rule for _, rule in libc.data.deltas}) > 50
 
 
 # ----------------------------------------------------------- compiled x86_64 programs
