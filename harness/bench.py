@@ -10,8 +10,10 @@ every tool alike:
 - the peers on the same core and modules, where installed: gdb (gdb-multiarch
   for arm64) `thread apply all bt`, and eu-stack where the modules sit at their
   recorded paths (it has no sysroot option);
-- in one process, replaying the case repeatedly, from which a least-squares
-  fit over all cases gives the cost per thread and per frame.
+- in one process, replaying the case repeatedly: the time to describe the
+  process to the maps (per process), and the time to unwind its threads, from
+  which a least-squares fit over all cases gives the cost per thread and per
+  frame.
 
 Each run is a child process timed with wall-clock time, and its peak RSS
 taken by GNU time where installed. Results are medians. Nothing here asserts a
@@ -74,7 +76,8 @@ class CaseBench:
     threads: int
     frames: int
     tools: dict[str, ToolResult]
-    replay_s: float  # in-process unwind of every thread, warm, median
+    attach_s: float  # in one process, warm: filling the maps for the process (median)
+    replay_s: float  # in one process, warm: unwinding every thread (median)
 
 
 @dataclass
@@ -222,21 +225,31 @@ class _Runs:
             self.results[name].samples.append(run_timed(argv, env, ok=self.ok.get(name, (0,))))
 
 
-def _replay_seconds(case_path: Path, repeat: int) -> tuple[float, int, int]:
-    """Median in-process time to unwind every thread (warm), threads, frames."""
+def _replay_seconds(case_path: Path, repeat: int) -> tuple[float, float, int, int]:
+    """In one process, warm, medians: (seconds to describe the process to the
+    unwinder's maps, seconds to unwind every thread), threads, frames."""
+    from .bpf.agent import Agent
+    from .bpf.bridge import get_unwinder
+
     case = load_case(case_path)
     process = open_case(case, store_for(case))
     try:
         result = unwind_process(process, frozenset())  # warm: build, tables, pages
-        times = []
+        unwinder = get_unwinder(process.arch)
+        attach_times, unwind_times = [], []
         for _ in range(max(3, repeat * 4)):
             start = time.perf_counter()
-            unwind_process(process, frozenset())
-            times.append(time.perf_counter() - start)
+            Agent(unwinder, process).attach()
+            middle = time.perf_counter()
+            for thread in process.threads:
+                unwinder.unwind(thread.regs, process.pid, thread.lwp, process.read)
+            unwind_times.append(time.perf_counter() - middle)
+            attach_times.append(middle - start)
     finally:
         process.close()
     frames = sum(len(t.frames) for t in result.threads)
-    return statistics.median(times), len(result.threads), frames
+    return (statistics.median(attach_times), statistics.median(unwind_times),
+            len(result.threads), frames)
 
 
 def _fit(points: list[tuple[int, int, float]]) -> tuple[float | None, float | None]:
@@ -280,10 +293,10 @@ def bench(case_paths: Sequence[Path], repeat: int = 5, peers: bool = True,
                     progress(f"round {n + 1}/{repeat}: {path.parent.name}/{path.stem}")
                 runs.round()
         for path, runs in all_runs:
-            replay_s, threads, frames = _replay_seconds(path, repeat)
+            attach_s, replay_s, threads, frames = _replay_seconds(path, repeat)
             points.append((threads, frames, replay_s))
             cases.append(CaseBench(f"{path.parent.name}/{path.stem}", runs.arch, threads,
-                                   frames, runs.results, replay_s))
+                                   frames, runs.results, attach_s, replay_s))
     per_thread, per_frame = _fit(points)
     return BenchReport(cases, None if per_thread is None else per_thread * 1e6,
                        None if per_frame is None else per_frame * 1e6, repeat)

@@ -27,7 +27,7 @@ from functools import cached_property
 from typing import Any
 
 from ..arch import AMD64
-from ..helpers.ctype import ArrayType, LayoutError, StructType
+from ..helpers.ctype import ArrayType, IntType, LayoutError, StructType
 from .debuginfo import ObjectLayout
 
 DEFAULT_TRACE_STRUCT = "trace"
@@ -52,6 +52,11 @@ def target_regs(arch: str, regs: Mapping[str, int]) -> dict[str, Any]:
         return {field: regs.get(name, 0) for name, field in _AMD64_FIELDS.items()}
     return {"regs": [regs.get(f"x{i}", 0) for i in range(31)],
             **{name: regs.get(name, 0) for name in ("sp", "pc", "pstate")}}
+
+
+def struct_codes(struct_type: StructType) -> str:
+    """The value codes of a struct's packing format (pads left out)."""
+    return "".join(c for c in struct_type.flat_format() if c.isalpha() and c != "x")
 
 
 def _suffix_names(values: Mapping[str, int], prefix: str) -> dict[int, str]:
@@ -113,8 +118,45 @@ class Abi:
         return ctx
 
     def context_bytes(self, regs: Mapping[str, int]) -> bytes:
-        """The program context for a thread with these registers (NT_PRSTATUS names)."""
-        return self.context.encode({"regs": target_regs(self.arch, regs)})
+        """The program context for a thread with these registers (NT_PRSTATUS names).
+        Once per thread: packed in one call when the register block is plain
+        integers and integer arrays (the kernel's are), else field by field."""
+        values = target_regs(self.arch, regs)
+        order = self._context_order
+        if order is None:
+            return self.context.encode({"regs": values})
+        flat: list[int] = []
+        for name, count in order:
+            if count is None:
+                flat.append(values.get(name, 0) if name else 0)
+            else:
+                given = list(values.get(name, ()))[:count]
+                flat.extend(given + [0] * (count - len(given)))
+        return self.context.codec.pack(*flat)
+
+    @cached_property
+    def _context_order(self) -> list[tuple[str, int | None]] | None:
+        """(register field, array length or None) in packing order; "" for the
+        context's fields after `regs`, which stay zero. None: not that simple."""
+        ctx = self.context
+        regs = ctx.fields[0].type
+        if not isinstance(regs, StructType) or regs.union or ctx.union:
+            return None
+        order: list[tuple[str, int | None]] = []
+        for f in sorted(regs.fields, key=lambda f: f.offset):
+            if isinstance(f.type, IntType):
+                order.append((f.name, None))
+            elif isinstance(f.type, ArrayType) and isinstance(f.type.element, IntType):
+                order.append((f.name, f.type.count))
+            else:
+                return None
+        for f in sorted(ctx.fields[1:], key=lambda f: f.offset):
+            if not isinstance(f.type, IntType):
+                return None
+            order.append(("", None))
+        if len(struct_codes(ctx)) != sum(1 if c is None else c for _, c in order):
+            return None
+        return order
 
     # -- traces
 

@@ -30,7 +30,7 @@ from ..helpers import (
     make_helpers,
 )
 from ..helpers.bpf_helpers import MemoryReader
-from ..helpers.ctype import LayoutError
+from ..helpers.ctype import LayoutError, StructType
 from ..paths import debug_build_requested
 from .abi import Abi
 from .build import UnwinderSource, build_unwinder, default_source
@@ -133,6 +133,14 @@ class Unwinder:
         self._run.argtypes = [c_void_p, c_void_p, POINTER(c_int)]
         self._run.restype = c_int
         self._frame_names = self._frame_decoder()
+        self._outputs = [m for m in self.maps.values() if isinstance(m, PerfEventArrayMap)]
+        trace = self.abi.trace_struct
+        others = tuple(f for f in trace.fields if f.name != "frames")
+        # the trace's fields other than its frames, unpacked in one call
+        self._header = StructType(f"{trace.name} header",
+                                  max((f.offset + f.type.size for f in others), default=0),
+                                  others, trace.decl)
+        self._frames_offset = trace.field("frames").offset
 
     def _install_programs(self, progs: ProgArrayMap) -> None:
         for slot, program in self.abi.tail_call_slots.items():
@@ -190,8 +198,7 @@ class Unwinder:
             raise HarnessError("a BPF helper failed while unwinding thread "
                                f"{tid}: " + "; ".join(env.errors))
 
-        records = [r for m in self.maps.values() if isinstance(m, PerfEventArrayMap)
-                   for r in m.drain()]
+        records = [r for m in self._outputs for r in m.drain()]
         if len(records) != 1:
             raise HarnessError(f"the unwinder sent {len(records)} traces for thread {tid}, not 1")
         result = self.decode_trace(records[0])
@@ -203,10 +210,8 @@ class Unwinder:
     def decode_trace(self, record: bytes) -> TraceResult:
         """A trace record as the unwinder sent it, decoded through its declared types."""
         abi = self.abi
-        trace_type = abi.trace_struct
-        header = {f.name: f.type.decode(record, f.offset) for f in trace_type.fields
-                  if f.name != "frames"}
-        frames_offset = trace_type.field("frames").offset
+        header = self._header.decode(record)._asdict()
+        frames_offset = self._frames_offset
         kinds, errors, signal_bit, has_cfa = self._frame_names
         frames: list[RawFrame] = []
         append = frames.append

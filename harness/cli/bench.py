@@ -67,13 +67,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           str(case.frames) if first else "", name, _ms(median), ratio,
                           f"{rss / 1024:.0f} MB" if rss else "-")
             first = False
-        table.add_row("", "", "", "replay in one process (warm)",
+        table.add_row("", "", "", "in one process: fill the maps", f"{case.attach_s * 1e3:.2f} ms",
+                      "", "")
+        table.add_row("", "", "", "in one process: unwind all threads",
                       f"{case.replay_s * 1e3:.2f} ms", "", "", end_section=True)
     Console(width=max(Console().width, 100)).print(table)
     for why, cases in sorted(skipped.items()):
         print(f"not run: {why} ({', '.join(sorted(cases))})")
     if report.per_frame_us is not None and report.per_thread_us is not None:
-        print(f"in one process: {report.per_frame_us:.1f} us per frame, "
+        print(f"in one process, unwinding: {report.per_frame_us:.1f} us per frame and "
               f"{report.per_thread_us:.1f} us per thread (least squares over the cases)")
     return 0
 
