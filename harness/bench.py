@@ -86,6 +86,7 @@ class BenchReport:
     per_thread_us: float | None
     per_frame_us: float | None
     repeat: int
+    suite_s: dict[str, float] = field(default_factory=dict)  # "-n auto"/"-n 0": seconds
 
     def to_json(self) -> dict[str, object]:
         doc = asdict(self)
@@ -265,9 +266,20 @@ def _fit(points: list[tuple[int, int, float]]) -> tuple[float | None, float | No
     return (sxs * syy - sys_ * sxy) / det, (sxx * sys_ - sxy * sxs) / det
 
 
+def time_suite(progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """The test suite once with `-n auto` and once with `-n 0` (wall-clock seconds)."""
+    out = {}
+    for workers in ("auto", "0"):
+        if progress:
+            progress(f"test suite with -n {workers}")
+        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers]
+        out[f"-n {workers}"] = run_timed(argv, timeout=3600).seconds
+    return out
+
+
 def bench(case_paths: Sequence[Path], repeat: int = 5, peers: bool = True,
           progress: Callable[[str], None] | None = None,
-          baseline: Path | None = None) -> BenchReport:
+          baseline: Path | None = None, suite: bool = False) -> BenchReport:
     """Run every tool on every case `repeat` times, interleaved; see the module doc.
     `baseline`: another checkout of the harness whose warm analyze is timed too."""
     if repeat < 1:
@@ -299,4 +311,5 @@ def bench(case_paths: Sequence[Path], repeat: int = 5, peers: bool = True,
                                    frames, runs.results, attach_s, replay_s))
     per_thread, per_frame = _fit(points)
     return BenchReport(cases, None if per_thread is None else per_thread * 1e6,
-                       None if per_frame is None else per_frame * 1e6, repeat)
+                       None if per_frame is None else per_frame * 1e6, repeat,
+                       time_suite(progress) if suite else {})

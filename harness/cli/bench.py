@@ -14,13 +14,9 @@ DEFAULT_CASES = ("amd64/threads", "amd64/recurse", "amd64/cxx", "arm64/threads")
 
 
 def _case_paths(names: list[str], testdata: Path) -> list[Path]:
-    paths = []
-    for name in names or DEFAULT_CASES:
-        path = Path(name)
-        if not path.suffix:
-            path = testdata / f"{name}.json"
-        paths.append(path)
-    return paths
+    from ..cases.selection import resolve_one
+
+    return [resolve_one(name, testdata) for name in names or DEFAULT_CASES]
 
 
 def _ms(seconds: float | None) -> str:
@@ -32,17 +28,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..bench import OURS, bench
-    from ..errors import HarnessError
     from ..paths import TESTDATA
 
     paths = _case_paths(args.case, Path(args.testdata) if args.testdata else TESTDATA)
-    for path in paths:
-        if not path.is_file():
-            raise HarnessError(f"bench: no case {path}")
     progress = stderr if sys.stderr.isatty() and not args.json else None
     baseline = Path(args.baseline).resolve() if args.baseline else None
     report = bench(paths, args.repeat, peers=not args.no_peers, progress=progress,
-                   baseline=baseline)
+                   baseline=baseline, suite=args.suite)
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
         print()
@@ -77,6 +69,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if report.per_frame_us is not None and report.per_thread_us is not None:
         print(f"in one process, unwinding: {report.per_frame_us:.1f} us per frame and "
               f"{report.per_thread_us:.1f} us per thread (least squares over the cases)")
+    if report.suite_s:
+        parallel, serial = report.suite_s["-n auto"], report.suite_s["-n 0"]
+        print(f"test suite: {parallel:.1f} s with -n auto, {serial:.1f} s with -n 0 "
+              f"({serial / parallel:.2f}x)")
     return 0
 
 
@@ -92,5 +88,7 @@ def register(sub: Subparsers) -> None:
     flag(p, "baseline", metavar="DIR",
          help="another checkout of the harness (e.g. a git worktree of main) whose warm "
               "analyze is timed in the same rounds")
+    flag(p, "suite", action="store_true",
+         help="also time the test suite with -n auto and -n 0 (minutes)")
     flag(p, "json", action="store_true", help="the report as JSON on stdout")
     p.set_defaults(func=cmd_bench)
