@@ -380,8 +380,13 @@ static __always_inline void send_trace(void *ctx, struct unwind_scratch *scratch
 {
   DEBUG_PRINT("native: trace done: %u frames, status %u", scratch->trace.num_frames,
               scratch->trace.status);
+  /* Only the frames in use: a short trace is a short record. A trace holds 1 to
+   * MAX_FRAMES frames; the mask states that bound so the verifier can see it
+   * (0 frames, which cannot happen, would send them all). */
+  u64 frames = ((scratch->trace.num_frames - 1) & (MAX_FRAMES - 1)) + 1;
+  u64 size = __builtin_offsetof(struct trace, frames) + frames * sizeof(struct frame);
   long err = bpf_perf_event_output(ctx, &trace_events, BPF_F_CURRENT_CPU, &scratch->trace,
-                                   sizeof(scratch->trace));
+                                   size);
   if (err)
     DEBUG_PRINT("native: perf_event_output failed (%ld), the trace is lost", err);
 }

@@ -130,3 +130,18 @@ def test_broken_delta_page_is_its_own_error(count: int, error: str) -> None:
             f"{module.name}+{vaddr:#x}", f"<unwinding aborted due to error {error}>"]
     finally:
         process.close()
+
+
+def test_trace_records_are_as_long_as_their_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short trace is a short record: the header and the frames in use only."""
+    unwinder = get_unwinder(AMD64)
+    seen: list[int] = []
+    decode = unwinder.decode_trace
+    monkeypatch.setattr(unwinder, "decode_trace",
+                        lambda record: (seen.append(len(record)), decode(record))[1])
+    trace, frames, process = _unwind("chain.O2.nofp")
+    process.close()
+    trace_type = unwinder.abi.trace_struct
+    frame_size = unwinder.abi.frames_field.element.size
+    assert seen == [trace_type.field("frames").offset + len(frames) * frame_size]
+    assert seen[0] < trace_type.size
