@@ -90,7 +90,7 @@ def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset
     agent = Agent(unwinder, process)
     agent.attach()
     read = reader or process.read
-    names = {m.file_id: m.name for m in process.modules.values()}
+    names = {m.file_id: m.name for m in process.all_modules()}
     results: list[ThreadResult] = []
     touched: set[int] = set()
     faults: set[int] = set()
@@ -153,7 +153,7 @@ def replay_process(case: TestCase, process: Process) -> CaseResult:
     result = unwind_process(process, frozenset(case.fault_addresses))
     actual = thread_frames(result)
     problems = compare_threads(case.threads, actual,
-                               frame_annotator(process.modules.values()))
+                               frame_annotator(process.all_modules()))
     unused = set(case.fault_addresses) - result.faults_hit
     if unused:
         problems.append("fault-addresses never read (stale entries?): "

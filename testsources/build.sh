@@ -45,3 +45,4 @@ build cxx      "$CXX" cxx.cpp    -O2 -std=c++17 -pthread
 build static   "$CC"  static.c   -O2 -static
 build sigframe "$CC"  sigframe.c -O2
 build sites    "$CC"  sites.c    -O2
+build vdso     "$CC"  vdso.c     -O2 -pthread

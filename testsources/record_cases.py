@@ -48,6 +48,8 @@ CASES = [
     ("static.sigill", "static", "kernel"),
     ("sigframe", "sigframe", "gcore"),
     ("chain.O2.nofp.nobundle", "chain.O2.nofp", "gcore-nobundle"),
+    ("vdso", "vdso", "gcore"),
+    ("vdso.sigill", "vdso", "kernel"),
 ]
 
 # arm64 cases, recorded under qemu-user: (case name, program, site or None).

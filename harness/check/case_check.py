@@ -101,7 +101,7 @@ def check_thread(process: Process, thread: ThreadState, trace: TraceResult, site
                  models: CodeModels | None = None) -> ThreadCheck:
     """Compare the unwinder's frame-0 CFA and frame-1 return address with execution."""
     frames = trace.frames
-    names = {m.file_id: m.name for m in process.modules.values()}
+    names = {m.file_id: m.name for m in process.all_modules()}
     if not frames or frames[0].kind_name != "native":
         return ThreadCheck(thread.lwp, site, SKIPPED,
                            "the unwinder produced no native top frame"

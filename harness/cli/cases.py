@@ -75,7 +75,7 @@ def _analyze(case: TestCase | None, args: argparse.Namespace) -> str:
         # Symbols need the modules open; the JSON keeps the case-file format.
         return "\n".join(_thread_lines([(t.lwp, t.frames) for t in threads],
                                        _site_texts(process) if args.sites else None,
-                                       frame_annotator(process.modules.values())))
+                                       frame_annotator(process.all_modules())))
     finally:
         process.close()
 

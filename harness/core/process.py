@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from . import linkmap
 from .elfcore import AT_BASE, AT_ENTRY, CoreFile, FileMapping, ThreadState
 from .module import LoadSegment, Module
+from .vdso import vdso_module
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Process:
     core: CoreFile
     modules: dict[str, Module] = field(default_factory=dict)  # by original path
     mappings: list[Mapping] = field(default_factory=list)
+    # Modules no file backs, found in the core's memory (the vDSO): mapped and
+    # unwound like the others, never bundled or handed to gdb as files.
+    memory_modules: list[Module] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.mappings:
@@ -58,6 +62,24 @@ class Process:
                 self._set_mappings(self._mappings_from_link_map())
         else:
             self._set_mappings(self.mappings)
+        self._add_vdso()
+
+    def _add_vdso(self) -> None:
+        found = vdso_module(self.core)
+        if found is None or self.mapping_at(found[0]) is not None:
+            return
+        addr, module = found
+        load = module.load_for_offset(0)
+        size = max((seg.vaddr + seg.memsz - (load.vaddr if load else 0) for seg in module.loads),
+                   default=0)
+        page = self.core.page_size
+        end = addr + max(page, (size + page - 1) // page * page)
+        self.memory_modules.append(module)
+        self._set_mappings([*self.mappings, Mapping(addr, end, 0, module.path, module, load)])
+
+    def all_modules(self) -> list[Module]:
+        """File modules and memory modules: everything a frame can be in."""
+        return [*self.modules.values(), *self.memory_modules]
 
     def _set_mappings(self, mappings: list[Mapping]) -> None:
         self.mappings = sorted(mappings, key=lambda m: m.start)
@@ -181,6 +203,6 @@ class Process:
         return None if tail is None else head + tail
 
     def close(self) -> None:
-        for module in self.modules.values():
+        for module in self.all_modules():
             module.close()
         self.core.close()

@@ -101,7 +101,7 @@ def compare_with_gdb(process: Process, core_path: str | Path,
         exe_local = os.path.join(sysroot, exe.lstrip("/"))
         theirs = gdb_frames(process, core_path, exe_local, sysroot)
     return judge(threads, theirs, waivers,
-                 annotate or frame_annotator(process.modules.values()))
+                 annotate or frame_annotator(process.all_modules()))
 
 
 def judge(threads: list[ThreadFrames], theirs: dict[int, list[str]],
