@@ -45,7 +45,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import Section
 
 from .arch import AMD64, ARCHES, ARM64, Arch
-from .errors import UnwindDataError
+from .errors import HarnessError, UnwindDataError
 from .files import atomic_file
 
 log = logging.getLogger(__name__)
@@ -633,5 +633,5 @@ def _write_atomically(target: Path, payload: bytes) -> None:
     try:
         with atomic_file(target) as out:
             out.write(payload)
-    except OSError as exc:
+    except (OSError, HarnessError) as exc:
         log.warning("cannot write unwind cache %s: %s", target, exc)

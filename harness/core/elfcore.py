@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Self
 
 from ..arch import AMD64, ARCHES, ARM64, arch_of_machine, supported_machines
+from ..confine import open_regular
 from ..errors import CoreError
 from . import elf
 from .elf import ET_CORE, ET_NAMES, PN_XNUM, PT_LOAD, PT_NOTE, Ehdr, Nhdr
@@ -183,21 +184,19 @@ class CoreFile:
     # ----------------------------------------------------------------- lifecycle
 
     def _open(self) -> mmap.mmap:
-        """Map the file read-only. The fd can be closed at once: mmap keeps its own."""
+        """Map the file read-only. The fd can be closed at once: mmap keeps its own.
+        Anything but a regular file is refused first (a FIFO would block the open)."""
+        fd = open_regular(self.path, "core", CoreError)
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size == 0:
-                    raise CoreError(f"{self.path}: empty file (0 bytes), not a core")
-                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except FileNotFoundError:
-            raise CoreError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise CoreError(f"{self.path}: is a directory, not a core file") from None
+            if os.fstat(fd).st_size == 0:
+                raise CoreError(f"{self.path}: empty file (0 bytes), not a core")
+            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except OSError as e:
-            raise CoreError(f"{self.path}: cannot open: {e.strerror or e}") from None
-        except ValueError as e:  # mmap refuses e.g. special files of length 0
+            raise CoreError(f"{self.path}: cannot map file: {e.strerror or e}") from None
+        except ValueError as e:
             raise CoreError(f"{self.path}: cannot map file: {e}") from None
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Unmap the file. Idempotent; read() after close raises ValueError."""

@@ -8,13 +8,13 @@ callers at their return address minus one, as the unwinder prints them.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cases.case_file import TestCase, ThreadFrames
 from ..cases.store import BlobStore
+from ..confine import place_under
 from ..core.process import Process
 from ..formatting import frame_diff
 from ..replay import open_case
@@ -59,7 +59,7 @@ def compare_with_gdb(process: Process, core_path: str | Path,
     with tempfile.TemporaryDirectory(prefix="coredump-sysroot-") as tmp:
         files = {path: str(m.local_path) for path, m in process.modules.items()}
         sysroot = make_sysroot(tmp, files)
-        exe_local = os.path.join(sysroot, exe.lstrip("/"))
+        exe_local = str(place_under(sysroot, exe))
         theirs = gdb_frames(process, core_path, exe_local, sysroot)
     problems = []
     for t in threads:
