@@ -69,6 +69,9 @@ def plt_pushed_bytes(pc: int, aux: int) -> int:
 # Bump whenever extraction semantics or the cache layout change: old files are then
 # simply never looked at again (the version is part of the file name).
 FORMAT_VERSION = 2
+# CIEs, FDEs and terminators walked in one section: a real libc has ~3,000, the
+# largest binaries some 10^6; a section of zero terminators must not spin for minutes.
+MAX_CFI_ENTRIES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,12 @@ def _iter_fdes(cfi: CallFrameInfo, data: bytes, stats: _Stats) -> Iterator[FDE]:
     """
     order = "<" if cfi.base_structs.little_endian else ">"
     offset = 0
+    entries = 0
     while offset + 4 <= len(data):
+        entries += 1
+        if entries > MAX_CFI_ENTRIES:
+            raise UnwindDataError(f"more than {MAX_CFI_ENTRIES} CFI entries in one section "
+                                  "(the limit); corrupt or hostile module")
         (length,) = struct.unpack_from(order + "I", data, offset)
         if length == 0:  # .eh_frame terminator (pyelftools' ZERO); keep scanning
             offset += 4

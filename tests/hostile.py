@@ -15,6 +15,7 @@ _PHDR = struct.Struct("<IIQQQQQQ")
 _NHDR = struct.Struct("<III")
 _PT_NOTE = 4
 NT_FILE = 0x46494C45
+NT_PRSTATUS = 1
 
 FileEntry = tuple[int, int, int, bytes]  # start, end, page offset, path (raw bytes)
 
@@ -52,10 +53,13 @@ def build_nt_file(page_size: int, entries: list[FileEntry]) -> bytes:
             + b"".join(p + b"\0" for *_, p in entries))
 
 
-def rewrite_notes(data: bytes, edit: Callable[[bytes, int, bytes], bytes | None]) -> bytes:
-    """The core with each note's descriptor replaced by edit(name, type, desc) (None:
-    dropped). The rewritten PT_NOTE segments are appended to the file and their
-    program headers pointed there; everything else is left in place."""
+Note = tuple[bytes, int, bytes]  # owner name with its NUL, type, descriptor
+
+
+def rewrite_note_list(data: bytes, edit: Callable[[list[Note]], list[Note]]) -> bytes:
+    """The core with each PT_NOTE segment's notes replaced by edit(notes). The
+    rewritten segments are appended to the file and their program headers pointed
+    there; everything else is left in place."""
     out = bytearray(data)
     phoff, phentsize, phnum = (_EHDR.unpack_from(data)[i] for i in (5, 9, 10))
     for i in range(phnum):
@@ -63,16 +67,29 @@ def rewrite_notes(data: bytes, edit: Callable[[bytes, int, bytes], bytes | None]
         fields = list(_PHDR.unpack_from(data, at))
         if fields[0] != _PT_NOTE:
             continue
-        blob = bytearray()
-        for name, ntype, desc in notes(data, fields[2], fields[5]):
-            new = edit(name, ntype, desc)
-            if new is not None:
-                blob += note(name, ntype, new)
+        blob = b"".join(note(*n) for n in edit(list(notes(data, fields[2], fields[5]))))
         out += bytes(-len(out) % 8)
         fields[2], fields[5] = len(out), len(blob)
         out += blob
         _PHDR.pack_into(out, at, *fields)
     return bytes(out)
+
+
+def rewrite_notes(data: bytes, edit: Callable[[bytes, int, bytes], bytes | None]) -> bytes:
+    """The core with each note's descriptor replaced by edit(name, type, desc) (None:
+    dropped)."""
+    def each(found: list[Note]) -> list[Note]:
+        kept = [(name, ntype, edit(name, ntype, desc)) for name, ntype, desc in found]
+        return [(name, ntype, desc) for name, ntype, desc in kept if desc is not None]
+    return rewrite_note_list(data, each)
+
+
+def with_thread_copies(data: bytes, copies: int) -> bytes:
+    """The core with its first thread's NT_PRSTATUS repeated `copies` more times."""
+    def add(found: list[Note]) -> list[Note]:
+        prstatus = [n for n in found if n[1] == NT_PRSTATUS][:1]
+        return found + prstatus * copies
+    return rewrite_note_list(data, add)
 
 
 def with_file_paths(data: bytes, rename: Callable[[bytes], bytes]) -> bytes:

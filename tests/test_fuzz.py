@@ -219,10 +219,10 @@ def test_blob_store(data: st.DataObject) -> None:
 @given(st.data())
 def test_analyze_core(data: st.DataObject) -> None:
     """The whole `analyze -core -sysroot` path, with the core's headers and notes, its
-    NT_FILE names, or the executable's headers corrupted."""
+    NT_FILE names, its stacks, or a module's headers and sections (CFI, symbols) corrupted."""
     seed = targets.seed()
     core, modules = seed.core, dict(seed.modules)
-    what = data.draw(st.sampled_from(["core", "names", "stack", "executable"]))
+    what = data.draw(st.sampled_from(["core", "names", "stack", "executable", "libc"]))
     if what == "core":
         core = data.draw(mutated(core, targets.header_regions(core)))
     elif what == "names":
@@ -230,7 +230,8 @@ def test_analyze_core(data: st.DataObject) -> None:
     elif what == "stack":
         core = data.draw(mutated(core, targets.stack_regions(core)))
     else:
-        exe = next(p for p in modules if p.endswith("chain.O2.nofp"))
+        exe = next(p for p in modules if p.endswith("chain.O2.nofp" if what == "executable"
+                                                    else "libc.so.6"))
         regions = targets.header_regions(modules[exe]) + targets.section_regions(modules[exe])
         modules[exe] = data.draw(mutated(modules[exe], regions))
     judged("analyze", lambda: targets.run_analyze(core, modules))

@@ -36,7 +36,7 @@ from harness.errors import (
 from harness.paths import MAX_BLOB_ENV, REPO_ROOT
 from harness.record.gdb_oracle import make_sysroot
 from tests.casefiles import bundled_case
-from tests.hostile import with_file_paths
+from tests.hostile import with_file_paths, with_thread_copies
 
 CASE = "chain.O2.nofp"
 COREDUMP = [sys.executable, "-m", "harness.cli"]
@@ -368,3 +368,44 @@ def test_undecodable_module_names_are_printed_escaped(tmp_path: Path) -> None:
                          env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     assert run.returncode == 0, run.stderr.decode(errors="replace")
     assert b"lib\\udcffc.so.6+0x" in run.stdout
+
+
+# ------------------------------------------------------------- 14. bounded loops
+
+
+def test_counts_a_core_controls_are_bounded_and_the_bound_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.core import elfcore
+    core, _files = _case_files()
+    path = tmp_path / "core"
+    path.write_bytes(with_thread_copies(core.read_bytes(), 3))
+    with CoreFile(path) as parsed:
+        assert len(parsed.threads) == 4  # the copies are real threads to the parser
+    for limit, value, source, message in (
+            ("MAX_THREADS", 3, path, "more than 3 threads"),
+            ("MAX_NOTES", 5, core, "more than 5 notes"),
+            ("MAX_FILE_MAPPINGS", 2, core, "NT_FILE lists .* mappings, more than the limit of 2"),
+            ("MAX_PROGRAM_HEADERS", 2, core, "program headers, more than the limit of 2")):
+        with monkeypatch.context() as patch:
+            patch.setattr(elfcore, limit, value)
+            with pytest.raises(CoreError, match=message):
+                CoreFile(source)
+
+
+def test_the_link_map_walk_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.core import linkmap
+    from harness.replay import open_case
+    case = bundled_case("threads", "arm64")
+    monkeypatch.setattr(linkmap, "MAX_LINK_MAP_ENTRIES", 2)
+    with pytest.raises(CoreError, match="link_map has more than 2 entries"):
+        open_case(case, store_for(case)).close()
+
+
+def test_the_cfi_walk_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import unwind_data
+    from harness.errors import UnwindDataError
+    _core, files = _case_files()
+    exe = next(p for name, p in files.items() if name.endswith(CASE))
+    monkeypatch.setattr(unwind_data, "MAX_CFI_ENTRIES", 4)
+    with pytest.raises(UnwindDataError, match="more than 4 CFI entries"):
+        unwind_data.extract_unwind_data(exe)

@@ -36,6 +36,12 @@ DEBUG_FLAGS = ["-O0", "-g3", "-fno-inline", "-fno-omit-frame-pointer",
                "-D__always_inline=inline"]
 COMMON_FLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
                 "-fno-strict-aliasing"]
+# Opt-in flavour (COREDUMP_SANITIZE=1, scripts/sanitize): AddressSanitizer and
+# UndefinedBehaviorSanitizer, clang, every report fatal. Python must preload the
+# ASan runtime (scripts/sanitize does), as the runtime has to come first.
+SANITIZE_ENV = "COREDUMP_SANITIZE"
+SANITIZE_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer", "-shared-libasan"]
 # -std as in the host build, so both compilers read the same dialect.
 BPF_FLAGS = ["-target", "bpf", "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror"]
 
@@ -118,6 +124,9 @@ def build_unwinder(arch: str, debug: bool | None = None) -> Path:
     cc = compiler()
     flags = host_flags(arch, debug)
     flavor = "debug" if debug else "release"
+    if os.environ.get(SANITIZE_ENV, "") not in ("", "0"):
+        cc, flavor = clang(), "sanitize"
+        flags = COMMON_FLAGS + SANITIZE_FLAGS + arch_flags(arch)
     sources = [str(BPF_SRC / s) for s in HOST_SOURCES]
     return cached_compile(kind="build", label=f"{arch}-{flavor}", cc=cc, flags=flags,
                           source_dir=BPF_SRC, output="unwinder.so",
