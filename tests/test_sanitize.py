@@ -25,7 +25,13 @@ pytestmark = pytest.mark.slow
 BUGGY = r"""
 #include <stdlib.h>
 #include <string.h>
-int heap_overflow(int n) { char *p = malloc(8); memset(p, 1, (size_t)n); int v = p[n - 1]; free(p); return v; }
+int heap_overflow(int n) {
+  char *p = malloc(8);
+  memset(p, 1, (size_t)n);
+  int v = p[n - 1];
+  free(p);
+  return v;
+}
 int shift_overflow(int n) { return 1 << n; }
 """
 
