@@ -409,3 +409,21 @@ def test_the_cfi_walk_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(unwind_data, "MAX_CFI_ENTRIES", 4)
     with pytest.raises(UnwindDataError, match="more than 4 CFI entries"):
         unwind_data.extract_unwind_data(exe)
+
+
+def test_a_core_name_that_climbs_above_root_is_left_out_with_a_warning(
+        tmp_path: Path) -> None:
+    """`new -no-gdb-check` bundled it under that name and wrote a case that no
+    command could load (its local-path is refused)."""
+    core, files = _case_files()
+    libc = next(name for name in files if name.endswith("libc.so.6"))
+    sysroot = _sysroot(tmp_path / "sysroot", files)
+    climbing = "/../.." + libc  # folded inside the sysroot, it is the real libc there
+    evil = tmp_path / "evil.core"
+    evil.write_bytes(with_file_paths(core.read_bytes(), lambda p: climbing.encode()
+                                     if p == libc.encode() else p))
+    said: list[str] = []
+    with CoreFile(evil) as parsed:
+        found = discover_modules(parsed, [str(sysroot)], progress=said.append)
+    assert climbing not in found and len(found) == len(files) - 1
+    assert any("climbs above /" in line and "left out" in line for line in said)

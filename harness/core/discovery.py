@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..arch import ARCHES, arch_of_machine
-from ..confine import resolve_under
+from ..confine import original_path_problem, resolve_under
 from ..errors import HarnessError
 from . import elf
 from .elfcore import CoreFile
@@ -83,6 +83,10 @@ class _Finder:
         self.machine = ARCHES[core.machine].elf_machine
 
     def find(self, path: str, warn_non_elf: bool = False) -> str | None:
+        problem = original_path_problem(path)
+        if problem:  # a case could not name it: record nothing a replay would refuse
+            self.progress(f"warning: the core's file name {path[:200]!r} {problem}; left out")
+            return None
         local = locate(path, self.roots)
         if local is not None and len(self.roots) > 1 and \
                 resolve_under(self.roots[0], path) is None:
@@ -107,10 +111,12 @@ class _Finder:
 
 def _from_file_list(finder: _Finder) -> ModuleFiles:
     found: ModuleFiles = {}
+    tried: set[str] = set()  # a file has a mapping per segment: look it up (and warn) once
     for mapping in finder.core.mappings:
         path = mapping.path
-        if path in found or not path.startswith("/") or path.startswith(_NOT_MODULES):
+        if path in tried or not path.startswith("/") or path.startswith(_NOT_MODULES):
             continue
+        tried.add(path)
         if path.endswith(" (deleted)"):
             finder.progress(f"warning: {path} was deleted before the dump; frames in it "
                             "cannot be attributed")
