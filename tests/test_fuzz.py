@@ -193,7 +193,7 @@ def mutated_case(draw: st.DrawFn) -> bytes:
 # ----------------------------------------------------------------- the targets
 
 
-@budget(120)
+@budget(300)
 @given(st.data())
 def test_core_loader(data: st.DataObject) -> None:
     core = targets.seed().core
@@ -201,13 +201,13 @@ def test_core_loader(data: st.DataObject) -> None:
     judged("core", lambda: targets.run_core(mutant))
 
 
-@budget(150)
+@budget(300)
 @given(mutated_case())
 def test_case_loader(raw: bytes) -> None:
     judged("case", lambda: targets.run_case(raw))
 
 
-@budget(60)
+@budget(100)
 @given(st.data())
 def test_blob_store(data: st.DataObject) -> None:
     seed = targets.seed()
@@ -215,7 +215,7 @@ def test_blob_store(data: st.DataObject) -> None:
     judged("blob", lambda: targets.run_blob(blob, seed.blob_id))
 
 
-@budget(25)
+@budget(60)
 @given(st.data())
 def test_analyze_core(data: st.DataObject) -> None:
     """The whole `analyze -core -sysroot` path, with the core's headers and notes, its
@@ -237,7 +237,7 @@ def test_analyze_core(data: st.DataObject) -> None:
     judged("analyze", lambda: targets.run_analyze(core, modules))
 
 
-@budget(15)
+@budget(40)
 @given(st.data())
 def test_modules_rebuilt_from_memory(data: st.DataObject) -> None:
     """-no-module-bundling: ELF headers and .eh_frame read back from the core's memory."""
