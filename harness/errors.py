@@ -33,3 +33,7 @@ class UnwindDataError(HarnessError):
 
 class BuildError(HarnessError):
     """The unwinder could not be compiled, or the compiled object disagrees with Python."""
+
+
+class UnsafePathError(HarnessError):
+    """A path from a case or a core would lead outside the directory it must stay in."""

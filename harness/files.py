@@ -16,8 +16,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import HarnessError
+
 CHUNK = 1 << 20  # bytes per read when streaming large files (cores are gigabytes)
 TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(name: str) -> str:
+    """The start of a temporary name for `name`: hidden, and naming the writer's pid so
+    that `clean` can tell a write in progress from one whose writer died."""
+    return f".{name}.{os.getpid()}."
+
+
+def temp_writer(path: Path) -> int | None:
+    """The pid in a temporary file's name (see temp_prefix), None for older names."""
+    parts = path.name.split(".")
+    return int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else None
+
+
+def writer_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may be a later one with the same pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    return True
 
 
 @contextmanager
@@ -26,17 +51,26 @@ def atomic_path(dest: str | os.PathLike[str], mode: int = 0o644) -> Iterator[Pat
 
     For writers that need a file name (a compiler's `-o`). An exception inside the
     block (a failed build, a failed check, Ctrl-C) leaves dest untouched and
-    removes the temporary file.
+    removes the temporary file. The temporary file is created exclusively
+    (mkstemp's O_EXCL), so a link planted under its name is never followed, and the
+    rename replaces a link at dest rather than writing through it.
     """
     target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
-                               suffix=TEMP_SUFFIX)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target.name),
+                                   suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise HarnessError(f"cannot write {target}: {e.strerror or e}"
+                           f"{f' ({e.filename})' if e.filename else ''}") from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as e:  # e.g. dest is a directory
+            raise HarnessError(f"cannot write {target}: {e.strerror or e}") from None
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)

@@ -24,6 +24,10 @@ PYPROJECT = REPO_ROOT / "pyproject.toml"
 
 CACHE_ENV = "COREDUMP_CACHE"
 DEBUG_BUILD_ENV = "COREDUMP_DEBUG_BUILD"
+MAX_BLOB_ENV = "COREDUMP_MAX_BLOB_BYTES"
+# No blob decompresses to more than this (the largest bundled core is 77 MB): a zstd
+# bomb is stopped here instead of filling the disk before its hash is checked.
+DEFAULT_MAX_BLOB_BYTES = 4 << 30
 
 
 def cache_root() -> Path:
@@ -34,6 +38,20 @@ def cache_root() -> Path:
 def debug_build_requested() -> bool:
     """Whether the unwinder should be the unoptimised build (`coredump debug`, gdb)."""
     return os.environ.get(DEBUG_BUILD_ENV, "") not in ("", "0")
+
+
+def max_blob_bytes() -> int:
+    """The most bytes one blob may decompress to ($COREDUMP_MAX_BLOB_BYTES, default 4 GiB)."""
+    text = os.environ.get(MAX_BLOB_ENV, "")
+    if not text:
+        return DEFAULT_MAX_BLOB_BYTES
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise ConfigError(f"{MAX_BLOB_ENV}={text!r} must be a positive number of bytes")
+    return value
 
 
 def tool_config(pyproject: Path = PYPROJECT) -> dict[str, Any]:

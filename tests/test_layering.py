@@ -18,7 +18,7 @@ HARNESS = REPO_ROOT / "harness"
 # Top-level modules and packages of harness/, in data-flow order: each may import
 # only from itself and the ones before it. Keep in step with the README's layout.
 STAGES = [
-    "errors", "files", "paths", "arch",   # base
+    "errors", "files", "paths", "confine", "arch",  # base
     "cases",                              # case files, blob store, remote, lifecycle
     "core",                               # core file -> process model
     "unwind_data",                        # stack deltas from CFI

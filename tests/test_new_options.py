@@ -17,7 +17,7 @@ from harness.cases import lifecycle
 from harness.cases.case_file import NO_MODULE_BUNDLING, load_case
 from harness.cases.store import store_for
 from harness.cli import main
-from harness.core.sysroot import resolve_in_sysroot
+from harness.confine import resolve_under
 from harness.errors import HarnessError
 from harness.paths import REPO_ROOT
 from harness.record.gdb_oracle import gdb_available
@@ -110,7 +110,7 @@ def test_no_module_bundling_needs_file_pages(tmp_path: Path,
 # ------------------------------------------------------------------------- -sysroot
 
 
-def test_resolve_in_sysroot(tmp_path: Path) -> None:
+def test_resolve_under(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "usr" / "lib").mkdir(parents=True)
     (root / "usr" / "lib" / "libz.so.1.3").write_bytes(b"z")
@@ -118,12 +118,12 @@ def test_resolve_in_sysroot(tmp_path: Path) -> None:
     (root / "usr" / "lib" / "libz.so.1").symlink_to("/usr/lib/libz.so.1.3")  # absolute
     (root / "loop").symlink_to("/loop")
     real = str(root / "usr" / "lib" / "libz.so.1.3")
-    assert resolve_in_sysroot(str(root), "/lib/libz.so.1") == real
-    assert resolve_in_sysroot(str(root), "/usr/lib/../lib/./libz.so.1.3") == real
-    assert resolve_in_sysroot(str(root), "/../../lib/libz.so.1") == real  # never escapes
-    assert resolve_in_sysroot(str(root), "/loop") is None
-    assert resolve_in_sysroot(str(root), "/usr/lib") is None  # a directory
-    assert resolve_in_sysroot(str(root), "/missing") is None
+    assert resolve_under(str(root), "/lib/libz.so.1") == real
+    assert resolve_under(str(root), "/usr/lib/../lib/./libz.so.1.3") == real
+    assert resolve_under(str(root), "/../../lib/libz.so.1") == real  # never escapes
+    assert resolve_under(str(root), "/loop") is None
+    assert resolve_under(str(root), "/usr/lib") is None  # a directory
+    assert resolve_under(str(root), "/missing") is None
 
 
 def _sysroot_for(case_path: Path, root: Path) -> dict[str, str]:

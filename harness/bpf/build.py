@@ -66,6 +66,12 @@ DEBUG_FLAGS = ["-O0", "-g3", "-fno-inline", "-fno-omit-frame-pointer",
                "-D__always_inline=inline"]
 COMMON_FLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
                 "-fno-strict-aliasing"]
+# Opt-in flavour (COREDUMP_SANITIZE=1, scripts/sanitize): AddressSanitizer and
+# UndefinedBehaviorSanitizer, clang, every report fatal. Python must preload the
+# ASan runtime (scripts/sanitize does), as the runtime has to come first.
+SANITIZE_ENV = "COREDUMP_SANITIZE"
+SANITIZE_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer", "-shared-libasan"]
 # -std as in the host build, so both compilers read the same dialect.
 BPF_FLAGS = ["-target", "bpf", "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror"]
 
@@ -155,6 +161,9 @@ def build_unwinder(arch: str, debug: bool | None = None,
     cc = compiler()
     flags = [*host_flags(arch, debug), f"-I{HOST_DIR}"]
     flavor = "debug" if debug else "release"
+    if os.environ.get(SANITIZE_ENV, "") not in ("", "0"):
+        cc, flavor = clang(), "sanitize"
+        flags = [*COMMON_FLAGS, *SANITIZE_FLAGS, *arch_flags(arch), f"-I{HOST_DIR}"]
     sources = [str(source.main_file), str(HOST_SOURCE)]
     label = f"{arch}-{flavor}" if source.label == "bpf_src" else f"{source.label}-{arch}-{flavor}"
     return cached_compile(kind="build", label=label, cc=cc, flags=flags,

@@ -9,6 +9,7 @@ than an age limit (6 months by default) are removed.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..errors import HarnessError, StoreError
-from ..files import CHUNK, atomic_file, is_temp_file
+from ..files import CHUNK, atomic_file, is_temp_file, temp_writer, writer_alive
 from .blobs import BLOB_ID, SUFFIX, check_id, verify_blob
 from .case_file import TestCase, find_cases, load_case
 from .remote import RemoteStore
@@ -145,9 +146,24 @@ def blobs_of_cases(case_paths: Iterable[Path]) -> list[str]:
 
 
 def export_blob(store: BlobStore, blob_id: str, out: Path) -> Path:
-    """Write a blob (core or module), decompressed, to out (atomically)."""
-    src = store.local_path(check_id(blob_id))
-    out = out / blob_id if out.is_dir() else out
+    """Write a blob (core or module), decompressed, to out (atomically), or into out
+    if it is a directory.
+
+    An `out` that is a symbolic link is refused, whatever it points to: following
+    it would write somewhere the command line does not name, and replacing it
+    would destroy a link the user made. The temporary file is created beside the
+    destination exclusively (files.atomic_path), so no link is followed for it."""
+    check_id(blob_id)
+    if out.is_symlink():
+        raise HarnessError(f"-out {out} is a symbolic link (to {os.readlink(out)}); give "
+                           "the file or directory it points to, or another name")
+    if out.is_dir():
+        out = out / blob_id
+        if out.is_symlink():
+            raise HarnessError(f"{out} is a symbolic link; refusing to replace it")
+    if out.exists() and not out.is_file():
+        raise HarnessError(f"-out {out} exists and is not a regular file")
+    src = store.local_path(blob_id)
     with open(src, "rb") as f, atomic_file(out) as dst:
         shutil.copyfileobj(f, dst, CHUNK)
     return out
@@ -168,7 +184,14 @@ class Garbage:
 
 
 def _stale_temp(path: Path, now: float) -> bool:
-    return is_temp_file(path) and now - path.stat().st_mtime > STALE_TEMP_SECONDS
+    """A temp file whose writer is gone: its pid (in the name) names no process, or it
+    is older than STALE_TEMP_SECONDS (a later process may have the same pid)."""
+    if not is_temp_file(path):
+        return False
+    writer = temp_writer(path)
+    if writer is not None and writer != os.getpid() and not writer_alive(writer):
+        return True
+    return now - path.stat().st_mtime > STALE_TEMP_SECONDS
 
 
 def local_garbage(store: BlobStore, referenced: set[str]) -> list[Garbage]:

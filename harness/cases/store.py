@@ -10,14 +10,23 @@ parallel pytest workers and interrupted runs never see a partial file.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import StoreError
-from ..files import TEMP_SUFFIX, atomic_file, sha256_file
+from ..files import TEMP_SUFFIX, atomic_file, sha256_file, temp_prefix
 from ..paths import BLOBS, cache_root
-from .blobs import BLOB_ID, SUFFIX, check_id, compress_file, verify_blob
+from .blobs import (
+    BLOB_ID,
+    FRAME_HEADER_MAX,
+    SUFFIX,
+    check_id,
+    compress_file,
+    declared_size,
+    verify_blob,
+)
 from .case_file import TestCase
 from .remote import configured_remote
 
@@ -38,6 +47,19 @@ def _configured_fetcher() -> Fetcher | None:
     """The configured remote's fetch, if any (read on a miss only)."""
     remote = configured_remote()
     return remote.fetch if remote is not None else None
+
+
+# Cache copies hashed by this process: path -> (inode, size, mtime) when it was.
+_VERIFIED: dict[Path, tuple[int, int, int]] = {}
+
+
+def _stamp(info: os.stat_result) -> tuple[int, int, int]:
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _remember(dest: Path) -> None:
+    """dest was just written from a verified blob: no need to hash it again."""
+    _VERIFIED[dest] = _stamp(dest.lstat())
 
 
 class BlobStore:
@@ -77,16 +99,62 @@ class BlobStore:
         return blob_id
 
     def local_path(self, blob_id: str) -> Path:
-        """An uncompressed, verified copy of the blob (extracted on first use)."""
+        """An uncompressed, verified copy of the blob (extracted on first use).
+
+        A copy already in the cache is hashed once per process before it is used
+        (then remembered by inode, size and mtime): the cache is a directory
+        anyone can write to, and a swapped or damaged copy must never give wrong
+        frames silently. A bad copy is removed and extracted again."""
         dest = self.cache / check_id(blob_id)
-        if dest.exists():
+        if self._cached_copy_ok(blob_id, dest):
             return dest
         src = self.blob_path(blob_id)
         if src.exists():
             self._extract(blob_id, src, dest)
         else:
             self._fetch(blob_id, dest)
+        _remember(dest)
         return dest
+
+    def _cached_copy_ok(self, blob_id: str, dest: Path) -> bool:
+        """Whether dest is a good copy of the blob; a bad one is removed."""
+        try:
+            info = dest.lstat()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise StoreError(f"cache copy {dest}: {e.strerror or e}") from None
+        if stat.S_ISDIR(info.st_mode):
+            raise StoreError(f"cache copy {dest} is a directory; remove it (the cache "
+                             f"{self.cache} holds only files)")
+        if _VERIFIED.get(dest) == _stamp(info):
+            return True
+        if stat.S_ISREG(info.st_mode):
+            try:
+                expected = self._expected_size(blob_id)
+                if expected in (None, info.st_size) and sha256_file(dest) == blob_id:
+                    _VERIFIED[dest] = _stamp(info)
+                    return True
+            except OSError as e:
+                raise StoreError(f"cache copy {dest}: cannot read: {e.strerror}") from None
+        try:  # a link, a special file, or the wrong bytes: rebuild it
+            dest.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StoreError(f"cache copy {dest} is not blob {blob_id} and cannot be "
+                             f"removed: {e.strerror}") from None
+        return False
+
+    def _expected_size(self, blob_id: str) -> int | None:
+        """The content size the compressed blob declares (None if unknown or absent),
+        so that a copy of the wrong size is rejected without hashing it."""
+        src = self.blob_path(blob_id)
+        try:
+            with open(src, "rb") as f:
+                return declared_size(src, f.read(FRAME_HEADER_MAX))
+        except (OSError, StoreError):
+            return None
 
     def _fetch(self, blob_id: str, dest: Path) -> None:
         """Download the compressed blob beside the cache, verify it, extract it."""
@@ -100,7 +168,7 @@ class BlobStore:
         # The download is a temporary file that never becomes a blob: only its
         # verified content does (in dest).
         self.cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.cache, prefix=f".{blob_id}{SUFFIX}.",
+        with tempfile.NamedTemporaryFile(dir=self.cache, prefix=temp_prefix(blob_id + SUFFIX),
                                          suffix=TEMP_SUFFIX) as download:
             tmp = Path(download.name)
             if not fetcher(blob_id, tmp):

@@ -99,7 +99,17 @@ def _command(argv: Sequence[str]) -> str | None:
     return first if first in known else None
 
 
+def _tolerant_output() -> None:
+    """Names from a core or a module are bytes, kept undecodable as surrogates
+    (elf.cstring); print them escaped rather than die on them."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_output()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command(argv))
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ A core names the files its process had mapped (NT_FILE) or, for qemu-user
 cores that lack the list, lets the dynamic linker's link_map name them (see
 linkmap.py). Each name is then looked up in the search roots: `-sysroot`
 directories, or this machine's `/` by default. Symbolic links are resolved
-inside the root they are found in (sysroot.py), and there is no implicit
+inside the root they are found in (confine.resolve_under), and there is no implicit
 fallback: a file missing from the roots is reported and left out, never
 replaced by the host's file of the same name (a caller that wants the host as a
 last resort, as qemu-user does, lists `/` as a root, and every file taken from a
@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..arch import ARCHES, arch_of_machine
+from ..confine import original_path_problem, resolve_under
 from ..errors import HarnessError
 from . import elf
 from .elfcore import CoreFile
 from .linkmap import executable_path
 from .module import Module
 from .process import Process
-from .sysroot import resolve_in_sysroot
 
 # {original path: (local file, content id or None to hash it)}
 ModuleFiles = dict[str, tuple[str | Path, str | None]]
@@ -53,7 +53,7 @@ def locate(path: str, roots: Sequence[str]) -> str | None:
     """The local file for an absolute path of the core's machine: under the first root
     that has it, links resolved inside that root; None if no root has it."""
     for root in roots:
-        found = resolve_in_sysroot(root, path)
+        found = resolve_under(root, path)
         if found is not None:
             return found
     return None
@@ -84,9 +84,13 @@ class _Finder:
         self.missing: list[str] = []  # the core's paths no root has
 
     def find(self, path: str, warn_non_elf: bool = False) -> str | None:
+        problem = original_path_problem(path)
+        if problem:  # a case could not name it: record nothing a replay would refuse
+            self.progress(f"warning: the core's file name {path[:200]!r} {problem}; left out")
+            return None
         local = locate(path, self.roots)
         if local is not None and len(self.roots) > 1 and \
-                resolve_in_sysroot(self.roots[0], path) is None:
+                resolve_under(self.roots[0], path) is None:
             self.progress(f"note: {path} is not under {self.roots[0]}; using {local}")
         if local is None:
             self.missing.append(path)

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Self
 
 from ..arch import AMD64, ARCHES, ARM64, arch_of_machine, supported_machines
+from ..confine import open_regular
 from ..errors import CoreError
 from . import elf
 from .elf import ET_CORE, ET_NAMES, PN_XNUM, PT_LOAD, PT_NOTE, Ehdr, Nhdr
@@ -48,6 +49,14 @@ AT_EXECFN = 31  # address of the executable's file name (on the stack)
 AT_SYSINFO_EHDR = 33  # the vDSO's ELF header
 DEFAULT_PAGE_SIZE = 4096
 _ADDR_LIMIT = 1 << 64  # addresses are u64; anything at or past this cannot be in the core
+
+# Bounds on the counts a core controls, each far above real cores (the kernel's
+# vm.max_map_count is 65530 mappings; a thread has about six notes) and far below
+# what would take minutes or gigabytes to parse. A core over one is refused, naming it.
+MAX_PROGRAM_HEADERS = 1 << 20
+MAX_NOTES = 1 << 21
+MAX_THREADS = 1 << 17
+MAX_FILE_MAPPINGS = 1 << 20
 
 # Signals whose siginfo carries a meaningful si_addr (same numbers on x86_64 and arm64).
 _FAULT_SIGNALS = frozenset({4, 5, 7, 8, 11})  # SIGILL SIGTRAP SIGBUS SIGFPE SIGSEGV
@@ -183,21 +192,19 @@ class CoreFile:
     # ----------------------------------------------------------------- lifecycle
 
     def _open(self) -> mmap.mmap:
-        """Map the file read-only. The fd can be closed at once: mmap keeps its own."""
+        """Map the file read-only. The fd can be closed at once: mmap keeps its own.
+        Anything but a regular file is refused first (a FIFO would block the open)."""
+        fd = open_regular(self.path, "core", CoreError)
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size == 0:
-                    raise CoreError(f"{self.path}: empty file (0 bytes), not a core")
-                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except FileNotFoundError:
-            raise CoreError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise CoreError(f"{self.path}: is a directory, not a core file") from None
+            if os.fstat(fd).st_size == 0:
+                raise CoreError(f"{self.path}: empty file (0 bytes), not a core")
+            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except OSError as e:
-            raise CoreError(f"{self.path}: cannot open: {e.strerror or e}") from None
-        except ValueError as e:  # mmap refuses e.g. special files of length 0
+            raise CoreError(f"{self.path}: cannot map file: {e.strerror or e}") from None
+        except ValueError as e:
             raise CoreError(f"{self.path}: cannot map file: {e}") from None
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Unmap the file. Idempotent; read() after close raises ValueError."""
@@ -263,6 +270,9 @@ class CoreFile:
         phnum = ehdr.phnum
         if phnum == PN_XNUM:
             phnum = self._extended_phnum(ehdr.shoff)
+        if phnum > MAX_PROGRAM_HEADERS:
+            raise self._fail(f"{phnum} program headers, more than the limit of "
+                             f"{MAX_PROGRAM_HEADERS}")
         if phnum and ehdr.phentsize != elf.PHDR_SIZE:
             raise self._fail(f"unexpected e_phentsize {ehdr.phentsize} "
                              f"(expected {elf.PHDR_SIZE})")
@@ -325,11 +335,16 @@ class CoreFile:
     def _apply_notes(self, notes: Iterable[_Note]) -> None:
         """Decode the notes we use. Per-thread notes attach to the latest NT_PRSTATUS."""
         current: ThreadState | None = None
-        for note in notes:
+        for count, note in enumerate(notes, 1):
+            if count > MAX_NOTES:
+                raise self._fail(f"more than {MAX_NOTES} notes (the limit)")
             if note.owner not in _NOTE_OWNERS:
                 continue
             t = note.type
             if t == NT_PRSTATUS:
+                if len(self.threads) == MAX_THREADS:
+                    raise self._fail(f"more than {MAX_THREADS} threads (NT_PRSTATUS notes), "
+                                     "the limit")
                 current = self._parse_prstatus(note)
                 self.threads.append(current)
             elif t == NT_PRPSINFO and self.process is None:
@@ -411,6 +426,9 @@ class CoreFile:
         self._need(note, _U64_PAIR.size, "NT_FILE")
         mm = self._mem()
         count, page_size = _U64_PAIR.unpack_from(mm, note.offset)
+        if count > MAX_FILE_MAPPINGS:
+            raise self._fail(f"NT_FILE lists {count} mappings, more than the limit of "
+                             f"{MAX_FILE_MAPPINGS}")
         table_end = _U64_PAIR.size + count * _U64_TRIPLE.size
         self._need(note, table_end, "NT_FILE")
         if page_size <= 0 or page_size & (page_size - 1):

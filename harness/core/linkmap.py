@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import CoreError
 from . import elf
 from .elf import DT_DEBUG, DT_NULL, Dyn
 from .elfcore import AT_EXECFN, CoreFile, FileMapping
@@ -78,7 +79,10 @@ def link_map_objects(read: Reader, r_debug: int) -> list[LoadedObject]:
     objects: list[LoadedObject] = []
     node = _u64(read, r_debug + _R_MAP_OFFSET)
     seen: set[int] = set()
-    while node and node not in seen and len(seen) < MAX_LINK_MAP_ENTRIES:
+    while node and node not in seen:
+        if len(seen) == MAX_LINK_MAP_ENTRIES:
+            raise CoreError(f"the dynamic linker's link_map has more than "
+                            f"{MAX_LINK_MAP_ENTRIES} entries (the limit); corrupt memory?")
         seen.add(node)
         fields = read(node, _LINK_MAP_HEAD.size)
         if fields is None:

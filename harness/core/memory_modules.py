@@ -59,6 +59,9 @@ from .elfcore import CoreFile, FileMapping
 Progress = Callable[[str], None]
 
 
+_MAX_FILE_GAP = 2 << 20  # padding before a PT_LOAD in a file: at most its alignment (2 MiB)
+
+
 class MemoryModuleError(ModuleError):
     """A module cannot be rebuilt from the core (pages missing, malformed headers)."""
 
@@ -127,13 +130,20 @@ class _Image:
         there are served by the core. So the image of a library is the same for every
         process, and its unwind data is decoded once (cached by the image's hash).
         """
+        contents = [(seg, self._read(self.bias + seg.vaddr, seg.filesz,
+                                     f"the segment at vaddr {seg.vaddr:#x}"))
+                    for seg in self.loads if seg.filesz]
         size = max(s.offset + s.filesz for s in self.loads)
+        # The segments lie packed in the file, with at most an alignment's padding
+        # between them: p_offsets from memory that spread them wider are garbage,
+        # and an image that size would be allocated before anything else failed.
+        held = sum(s.filesz for s in self.loads)
+        if size > held + (len(self.loads) + 1) * _MAX_FILE_GAP:
+            raise self._fail(f"cannot be rebuilt: its PT_LOADs end at file offset {size:#x} "
+                             f"but hold only {held:#x} bytes (more than {_MAX_FILE_GAP:#x} "
+                             "of padding per segment); corrupt program headers")
         image = bytearray(size)
-        for seg in self.loads:
-            if not seg.filesz:
-                continue
-            data = self._read(self.bias + seg.vaddr, seg.filesz,
-                              f"the segment at vaddr {seg.vaddr:#x}")
+        for seg, data in contents:
             if not seg.flags & PF_W:
                 image[seg.offset:seg.offset + seg.filesz] = data
         sections = list(self._sections(image))

@@ -10,9 +10,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..confine import open_regular
 from ..errors import ModuleError
 from . import elf
 from .elf import PT_DYNAMIC, PT_INTERP, PT_LOAD, Ehdr
+
+_ADDR_LIMIT = 1 << 64  # a segment past this wraps the address space
+MAX_LOADS = 1024  # PT_LOADs of one module; real ones have 2 to 6
 
 
 @dataclass(frozen=True)
@@ -39,13 +43,15 @@ class Module:
         self.path = path  # where the process had it
         self.local_path = Path(local_path)  # where we read it
         self.name = os.path.basename(path)
+        fd = open_regular(self.local_path, f"module {path}:", ModuleError)
         try:
-            with open(self.local_path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            size = os.fstat(fd).st_size
+            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if size else b""
         except OSError as e:
-            raise ModuleError(f"cannot open module {path} ({self.local_path}): "
+            raise ModuleError(f"cannot map module {path} ({self.local_path}): "
                               f"{e.strerror}") from e
+        finally:
+            os.close(fd)
         if content_id is None:
             content_id = hashlib.sha256(self._map).hexdigest()
         self.content_id = content_id
@@ -66,14 +72,23 @@ class Module:
         if problem:
             raise self._fail(problem)
         ehdr = Ehdr.parse(data)
+        if ehdr.type not in (elf.ET_EXEC, elf.ET_DYN):
+            kind = "a core file" if ehdr.type == elf.ET_CORE else \
+                elf.ET_NAMES.get(ehdr.type, f"an ELF file of type {ehdr.type}")
+            raise self._fail(f"is {kind}, not an executable or shared object")
         self.entry = ehdr.entry
         self.machine = ehdr.machine
         try:
             phdrs = elf.program_headers(data, ehdr)
         except ValueError as e:
             raise self._fail(f"program headers: {e}") from None
+        if sum(ph.type == PT_LOAD for ph in phdrs) > MAX_LOADS:
+            raise self._fail(f"more than {MAX_LOADS} PT_LOAD program headers")
         for ph in phdrs:
             if ph.type == PT_LOAD:
+                if ph.vaddr + ph.memsz > _ADDR_LIMIT or ph.filesz > ph.memsz:
+                    raise self._fail(f"PT_LOAD at vaddr {ph.vaddr:#x} with p_filesz "
+                                     f"{ph.filesz:#x}, p_memsz {ph.memsz:#x} cannot be mapped")
                 self.loads.append(LoadSegment(ph.offset, ph.vaddr, ph.filesz, ph.memsz,
                                               ph.flags))
             elif ph.type == PT_DYNAMIC:

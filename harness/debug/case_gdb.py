@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..confine import place_under
 from ..errors import HarnessError
 from ..record.gdb_oracle import make_sysroot
 from ..replay import open_case
@@ -59,9 +60,9 @@ def case_sysroot(case_path: str | os.PathLike[str],
         process.close()
     with tempfile.TemporaryDirectory(prefix=f"coredump-gdb-{case.name}-") as tmp:
         sysroot = Path(make_sysroot(tmp, files))
-        dirs = sorted({str((sysroot / p.lstrip("/")).parent) for p in files if ".so" in p})
-        yield CaseSysroot(sysroot, sysroot / exe.lstrip("/"), core, dirs, arch,
-                          [(str(sysroot / p.lstrip("/")), bias) for p, bias in symbol_files])
+        dirs = sorted({str(place_under(sysroot, p).parent) for p in files if ".so" in p})
+        yield CaseSysroot(sysroot, place_under(sysroot, exe), core, dirs, arch,
+                          [(str(place_under(sysroot, p)), bias) for p, bias in symbol_files])
 
 
 def core_gdb_argv(root: CaseSysroot, lwp: int | None = None,

@@ -25,6 +25,7 @@ from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 
 from ..arch import host_arch
+from ..confine import place_under
 from ..errors import HarnessError
 
 __all__ = [
@@ -403,9 +404,8 @@ def make_sysroot(dest: str, files: dict[str, str]) -> str:
     os.makedirs(dest, exist_ok=True)
     placed: list[tuple[str, str]] = []
     for original, local in files.items():
-        if not original.startswith("/"):
-            raise HarnessError(f"make_sysroot: {original!r} is not an absolute path")
-        target = os.path.join(dest, original.lstrip("/"))
+        # The names come from the case or the core: confined to dest, no link followed.
+        target = str(place_under(dest, original))
         source = os.path.abspath(local)
         if not os.path.isfile(source):
             raise HarnessError(f"make_sysroot: {local!r} (for {original}) does not exist")
@@ -416,7 +416,8 @@ def make_sysroot(dest: str, files: dict[str, str]) -> str:
     real = {target for _source, target in placed}
     for source, target in placed:
         soname = _soname(source)
-        if soname and "/" not in soname and soname != os.path.basename(target):
+        if soname and "/" not in soname and "\0" not in soname and soname not in (".", "..") and \
+                soname != os.path.basename(target):
             alias = os.path.join(os.path.dirname(target), soname)
             if alias not in real and not os.path.lexists(alias):
                 _link(source, alias)

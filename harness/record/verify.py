@@ -14,7 +14,6 @@ is impossible: changing an unrelated frame always shows.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from ..cases.case_file import GdbWaiver, TestCase, ThreadFrames
 from ..cases.store import BlobStore
+from ..confine import place_under
 from ..core.process import Process
 from ..diffing import Annotate, frame_annotator, frame_diff, hunks
 from ..replay import open_case
@@ -98,7 +98,7 @@ def compare_with_gdb(process: Process, core_path: str | Path,
     with tempfile.TemporaryDirectory(prefix="coredump-sysroot-") as tmp:
         files = {path: str(m.local_path) for path, m in process.modules.items()}
         sysroot = make_sysroot(tmp, files)
-        exe_local = os.path.join(sysroot, exe.lstrip("/"))
+        exe_local = str(place_under(sysroot, exe))
         theirs = gdb_frames(process, core_path, exe_local, sysroot)
     return judge(threads, theirs, waivers,
                  annotate or frame_annotator(process.all_modules()))

@@ -26,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..arch import AMD64, ARM64
+from ..errors import HarnessError
 from ..files import atomic_file
 from .model import (
     _CFA_OPS,
@@ -208,5 +209,5 @@ def _write_atomically(target: Path, payload: bytes) -> None:
     try:
         with atomic_file(target) as out:
             out.write(payload)
-    except OSError as exc:
+    except (OSError, HarnessError) as exc:
         log.warning("cannot write unwind cache %s: %s", target, exc)

@@ -46,6 +46,7 @@ from .model import (
     CFA_FP,
     CFA_PLT,
     CFA_SP,
+    MAX_CFI_ENTRIES,
     ModuleUnwindData,
     UnwindRule,
 )
@@ -182,7 +183,12 @@ def _iter_fdes(cfi: CallFrameInfo, data: bytes, stats: _Stats) -> Iterator[FDE]:
     """
     order = "<" if cfi.base_structs.little_endian else ">"
     offset = 0
+    entries = 0
     while offset + 4 <= len(data):
+        entries += 1
+        if entries > MAX_CFI_ENTRIES:
+            raise UnwindDataError(f"more than {MAX_CFI_ENTRIES} CFI entries in one section "
+                                  "(the limit); corrupt or hostile module")
         (length,) = struct.unpack_from(order + "I", data, offset)
         if length == 0:  # .eh_frame terminator (pyelftools' ZERO); keep scanning
             offset += 4

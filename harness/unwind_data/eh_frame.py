@@ -42,6 +42,7 @@ from .model import (
     CFA_PLT,
     CFA_SP,
     FRAME_POINTER_RULE,
+    MAX_CFI_ENTRIES,
     ModuleUnwindData,
     UnwindRule,
 )
@@ -213,8 +214,11 @@ class _Section:
     def fdes(self, errors: list[int]) -> Iterator[tuple[_Cie, int, int, bytes]]:
         """(CIE, start, end, instructions) per FDE; broken ones appended to errors."""
         data = self.data
-        offset = 0
+        offset = entries = 0
         while offset + 4 <= len(data):
+            entries += 1
+            if entries > MAX_CFI_ENTRIES:
+                raise Unsupported("too many entries: cfi.py says so, with the limit")
             (length,) = _U32.unpack_from(data, offset)
             if length == 0:
                 offset += 4
