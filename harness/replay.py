@@ -6,7 +6,7 @@ This is the library the CLI and the tests call; nothing here prints.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +78,24 @@ def open_case(case: TestCase, store: BlobStore | None = None) -> Process:
     return process_from(core, files)
 
 
+def iter_threads(process: Process, fault_addresses: frozenset[int] = frozenset(),
+                 reader: MemoryReader | None = None, unwinder: Unwinder | None = None,
+                 lwp: int | None = None, agent: Agent | None = None) -> Iterator[ThreadResult]:
+    """Unwind the threads one at a time: a core with thousands of threads is
+    printed as it goes, and no trace outlives its thread unless the caller keeps it."""
+    unwinder = unwinder or get_unwinder(process.arch)
+    if agent is None:
+        agent = Agent(unwinder, process)
+        agent.attach()
+    read = reader or process.read
+    names = {m.file_id: m.name for m in process.all_modules()}
+    for thread in process.threads:
+        if lwp is not None and thread.lwp != lwp:
+            continue
+        trace = unwinder.unwind(thread.regs, process.pid, thread.lwp, read, fault_addresses)
+        yield ThreadResult(thread.lwp, format_trace(trace, names), trace)
+
+
 def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset(),
                    reader: MemoryReader | None = None, unwinder: Unwinder | None = None,
                    lwp: int | None = None) -> ProcessResult:
@@ -89,18 +107,13 @@ def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset
     unwinder = unwinder or get_unwinder(process.arch)
     agent = Agent(unwinder, process)
     agent.attach()
-    read = reader or process.read
-    names = {m.file_id: m.name for m in process.all_modules()}
     results: list[ThreadResult] = []
     touched: set[int] = set()
     faults: set[int] = set()
-    for thread in process.threads:
-        if lwp is not None and thread.lwp != lwp:
-            continue
-        trace = unwinder.unwind(thread.regs, process.pid, thread.lwp, read, fault_addresses)
-        touched.update(f.file_id for f in trace.frames if f.file_id)
-        faults |= trace.faults_hit
-        results.append(ThreadResult(thread.lwp, format_trace(trace, names), trace))
+    for result in iter_threads(process, fault_addresses, reader, unwinder, lwp, agent):
+        touched.update(f.file_id for f in result.trace.frames if f.file_id)
+        faults |= result.trace.faults_hit
+        results.append(result)
     touched |= agent.loaded_file_ids
     return ProcessResult(results, touched, faults)
 

@@ -7,9 +7,10 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Iterable
 
 from ..bpf.bridge import trace_log
-from ..cases.case_file import TestCase, load_case
+from ..cases.case_file import TestCase, ThreadFrames, load_case
 from ..cases.selection import case_label, resolve_case, resolve_one
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
@@ -18,12 +19,11 @@ from ..diffing import Annotate, annotated, frame_annotator, hunks
 from ..errors import HarnessError
 from ..paths import TESTDATA
 from ..replay import (
+    iter_threads,
     open_case,
     process_from,
     replay_case,
     replay_process,
-    thread_frames,
-    unwind_process,
 )
 from .common import Subparsers, case_paths, flag, stderr
 
@@ -64,20 +64,38 @@ def _show_debug_prints() -> None:
     trace_log.setLevel(logging.DEBUG)
 
 
-def _analyze(case: TestCase | None, args: argparse.Namespace) -> str:
-    """One case's or the core's threads, as JSON or annotated for a person."""
+def _analyze(case: TestCase | None, args: argparse.Namespace) -> None:
+    """One case's or the core's threads, as JSON or annotated for a person, printed
+    thread by thread (a core may have thousands; nothing is kept once printed)."""
     process = open_case(case) if case else _open_core(args.core, args.sysroot)
     try:
-        threads = replay_process(case, process).actual if case else \
-            thread_frames(unwind_process(process))
+        if case:
+            threads: Iterable[ThreadFrames] = replay_process(case, process).actual
+        else:
+            threads = (ThreadFrames(t.lwp, t.frames) for t in iter_threads(process))
         if args.json:
-            return json.dumps([{"lwp": t.lwp, "frames": t.frames} for t in threads], indent=2)
+            _print_json_threads(threads)
+            return
         # Symbols need the modules open; the JSON keeps the case-file format.
-        return "\n".join(_thread_lines([(t.lwp, t.frames) for t in threads],
-                                       _site_texts(process) if args.sites else None,
-                                       frame_annotator(process.all_modules())))
+        sites = _site_texts(process) if args.sites else None
+        annotate = frame_annotator(process.all_modules())
+        for t in threads:
+            print("\n".join(_thread_lines([(t.lwp, t.frames)], sites, annotate)))
     finally:
         process.close()
+
+
+def _print_json_threads(threads: Iterable[ThreadFrames]) -> None:
+    """The threads array of a case file, written one thread at a time (the same text
+    json.dumps(..., indent=2) gives for the whole list)."""
+    print("[", end="")
+    first = True
+    for t in threads:
+        item = json.dumps({"lwp": t.lwp, "frames": t.frames}, indent=2)
+        print(("\n" if first else ",\n") + "\n".join("  " + line for line in item.splitlines()),
+              end="")
+        first = False
+    print("\n]" if not first else "]")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -86,7 +104,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.debug_ebpf:
         _show_debug_prints()
     if args.core:
-        print(_analyze(None, args))
+        _analyze(None, args)
         return 0
     # A bare name may be a case of each arch: a person gets both, under headers;
     # -json is one case's threads array, so it needs arch/name.
@@ -95,7 +113,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for path in paths:
         if len(paths) > 1:
             print(f"== {case_label(path)}")
-        print(_analyze(load_case(path), args))
+        _analyze(load_case(path), args)
     return 0
 
 
