@@ -235,6 +235,14 @@ static __always_inline enum trace_status compute_cfa(const struct unwind_state *
   case CFA_PLT:
     *cfa = st->sp + (s64)rule->cfa_param + plt_pushed_bytes(st->pc, rule->aux);
     return TRACE_STATUS_RUNNING;
+  case CFA_DEREF_FP: {
+    u64 slot = st->fp + (s64)rule->cfa_param;
+    if (bpf_probe_read_user(cfa, sizeof(*cfa), (void *)slot)) {
+      DEBUG_PRINT("native: cannot read the CFA at 0x%llx, pc 0x%llx", slot, st->pc);
+      return abort_trace(trace, ERR_NATIVE_READ_CFA, slot);
+    }
+    return TRACE_STATUS_RUNNING;
+  }
   default:
     DEBUG_PRINT("native: no usable unwind rule at pc 0x%llx, cfa_op %u", st->pc, rule->cfa_op);
     return abort_trace(trace, ERR_NATIVE_NO_UNWIND_RULE, 0);
@@ -291,10 +299,11 @@ static __always_inline enum trace_status read_frame_pointer(const struct unwind_
                                                             u64 *fp)
 {
   *fp = st->fp;
-  if (rule->fp_offset == 0)
+  u8 fp_relative = rule->cfa_op == CFA_DEREF_FP && rule->aux == FP_AT_FP;
+  if (rule->fp_offset == 0 && !fp_relative)
     return TRACE_STATUS_RUNNING;
 
-  u64 addr = cfa + (s64)rule->fp_offset;
+  u64 addr = (fp_relative ? st->fp : cfa) + (s64)rule->fp_offset;
   if (bpf_probe_read_user(fp, sizeof(*fp), (void *)addr)) {
     DEBUG_PRINT("native: cannot read the saved frame pointer at 0x%llx, pc 0x%llx", addr,
                 st->pc);

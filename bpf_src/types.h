@@ -91,6 +91,13 @@ enum cfa_op {
   CFA_FP = 3,      /* CFA = FP + cfa_param */
   CFA_PLT = 4,     /* CFA = SP + cfa_param + ((PC % PLT_ENTRY_SIZE) >= aux ? 8 : 0) */
   CFA_SIGNAL = 5,  /* signal trampoline: registers come from the signal frame */
+  CFA_DEREF_FP = 6, /* realigned stack (GCC's DRAP): CFA = *(FP + cfa_param) */
+};
+
+/* unwind_rule.aux of a CFA_DEREF_FP rule: the caller's FP is at FP + fp_offset
+ * (a DRAP frame saves it relative to its own FP, not to the CFA). */
+enum fp_rule {
+  FP_AT_FP = 1,
 };
 
 /* x86_64 PLT entries are 16 bytes, and each pushes one word at the same
@@ -103,10 +110,12 @@ enum plt_layout {
 
 struct unwind_rule {
   u8 cfa_op;      /* enum cfa_op */
-  u8 aux;         /* CFA_PLT: offset in a PLT entry from which one more word is pushed */
+  u8 aux;         /* CFA_PLT: offset in a PLT entry from which one more word is pushed;
+                  * CFA_DEREF_FP: enum fp_rule */
   u16 pad;
   s32 cfa_param;
-  s32 fp_offset; /* caller's FP at CFA + fp_offset; 0: FP not saved */
+  s32 fp_offset; /* caller's FP at CFA + fp_offset (FP + fp_offset with FP_AT_FP);
+                  * 0: FP not saved */
   s32 ra_offset; /* return address at CFA + ra_offset; 0: in the link register */
 };
 
@@ -186,6 +195,7 @@ enum unwind_error {
   ERR_NATIVE_TAIL_CALL = 11,            /* the first tail call failed */
   ERR_NATIVE_DELTA_SEARCH_EXHAUSTED = 12, /* DELTA_SEARCH_STEPS ran out (page too large) */
   ERR_NATIVE_EMPTY_DELTA_PAGE = 13,     /* a delta page with no deltas */
+  ERR_NATIVE_READ_CFA = 14,             /* CFA_DEREF_FP: the CFA's stack slot unreadable */
 };
 
 enum trace_status {

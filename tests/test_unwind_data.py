@@ -855,3 +855,19 @@ def test_compressed_debug_frame_falls_back_to_pyelftools(workdir: Path) -> None:
     assert fast is None
     assert ".debug_frame" in slow.sources and slow.fde_count > 0
     assert extract_unwind_data(packed).deltas == slow.deltas == _both(exe)[1].deltas
+
+
+@needs_gcc
+def test_realigned_stack_cfa_expression(workdir: Path) -> None:
+    """GCC's DRAP frame: CFA = *(rbp - 8), the caller's rbp at rbp + 0 (not relative
+    to the CFA), read by both decoders alike."""
+    from harness.unwind_data import CFA_DEREF_FP, FP_AT_FP
+
+    source = (Path(__file__).resolve().parent.parent / "testsources" / "realign.c").read_text()
+    src = write(workdir, "realign.c", source)
+    exe = build(workdir, "realign", {src: ["-O2", "-mincoming-stack-boundary=3"]})
+    fast, slow = _both(exe)
+    _same(fast, slow)
+    addr, size = require_symbol(exe, "main")
+    rules = rules_in(slow, addr, addr + size)
+    assert UnwindRule(CFA_DEREF_FP, -8, fp_offset=0, ra_offset=-8, aux=FP_AT_FP) in rules

@@ -46,3 +46,7 @@ build static   "$CC"  static.c   -O2 -static
 build sigframe "$CC"  sigframe.c -O2
 build sites    "$CC"  sites.c    -O2
 build vdso     "$CC"  vdso.c     -O2 -pthread
+# x86_64 only: arm64's ABI keeps the stack 16-byte aligned, so GCC never needs a DRAP there.
+if "$CC" -dumpmachine | grep -q '^x86_64'; then
+    build realign "$CC" realign.c -O2 -mincoming-stack-boundary=3
+fi

@@ -50,6 +50,7 @@ CASES = [
     ("chain.O2.nofp.nobundle", "chain.O2.nofp", "gcore-nobundle"),
     ("vdso", "vdso", "gcore"),
     ("vdso.sigill", "vdso", "kernel"),
+    ("realign", "realign", "gcore"),
 ]
 
 # arm64 cases, recorded under qemu-user: (case name, program, site or None).

@@ -28,7 +28,13 @@ from pathlib import Path
 from ..core.module import Module
 from ..files import atomic_path
 from ..helpers.ctype import StructType
-from ..unwind_data import FRAME_POINTER_RULE, ModuleUnwindData, UnwindRule, module_unwind_data
+from ..unwind_data import (
+    FORMAT_VERSION,
+    FRAME_POINTER_RULE,
+    ModuleUnwindData,
+    UnwindRule,
+    module_unwind_data,
+)
 
 _MAGIC = b"CDTABLES"
 _VERSION = 1
@@ -58,7 +64,8 @@ class TableFormat:
     @cached_property
     def signature(self) -> str:
         """Names the layout in cache file names: another layout, another file."""
-        doc = [self.rule_type.to_json(), self.delta_type.to_json(), self.page_bits, _VERSION]
+        doc = [self.rule_type.to_json(), self.delta_type.to_json(), self.page_bits, _VERSION,
+               FORMAT_VERSION]  # the rules' meaning: tables follow the unwind data's version
         for item in doc[:2]:
             _strip_decls(item)  # type: ignore[arg-type]
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

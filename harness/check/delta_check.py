@@ -27,12 +27,14 @@ from ..arch import AMD64, ARCHES, U64_MASK
 from ..core.elf import PF_R, PF_W
 from ..paths import cache_root
 from ..unwind_data import (
+    CFA_DEREF_FP,
     CFA_FP,
     CFA_INVALID,
     CFA_PLT,
     CFA_SIGNAL,
     CFA_SP,
     CFA_STOP,
+    FP_AT_FP,
     ModuleUnwindData,
     UnwindRule,
     module_unwind_data,
@@ -406,12 +408,19 @@ class DeltaChecker:
             return
         sp = uc.reg_read(self._sp)
         true_cfa = self._entry_sp + self._cfa_bias
-        if op == CFA_FP:
+        if op in (CFA_FP, CFA_DEREF_FP):
             base = uc.reg_read(self._fp)
         else:
             base = sp
         pushed = plt_pushed_bytes(addr, rule.aux) if op == CFA_PLT else 0
         cfa = (base + rule.cfa_param + pushed) & U64_MASK
+        if op == CFA_DEREF_FP:  # realigned stack: the CFA is stored at FP + param
+            stored = self._read_u64(cfa)
+            if stored is None:
+                self._mismatch(addr, step, "cfa", f"rule reads the CFA at {self._fp_name}"
+                               f"{rule.cfa_param:+d} ({cfa:#x}), which is unreadable")
+                return
+            cfa = stored
         if cfa != true_cfa:
             reg = self._fp_name if op == CFA_FP else self._sp_name
             self._mismatch(addr, step, "cfa",
@@ -454,7 +463,10 @@ class DeltaChecker:
 
     def _check_fp(self, uc: unicorn.Uc, addr: int, step: _Step, cfa: int, sp: int) -> None:
         rule = step.rule
-        if rule.fp_offset == 0:
+        if rule.cfa_op == CFA_DEREF_FP and rule.aux == FP_AT_FP:
+            value = self._read_u64((uc.reg_read(self._fp) + rule.fp_offset) & U64_MASK)
+            where = f"{self._fp_name}{rule.fp_offset:+d}"
+        elif rule.fp_offset == 0:
             value = uc.reg_read(self._fp)
             where = f"{self._fp_name} (unchanged)"
         else:

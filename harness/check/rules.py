@@ -9,12 +9,14 @@ import bisect
 
 from ..arch import ARCHES
 from ..unwind_data import (
+    CFA_DEREF_FP,
     CFA_FP,
     CFA_INVALID,
     CFA_PLT,
     CFA_SIGNAL,
     CFA_SP,
     CFA_STOP,
+    FP_AT_FP,
     FRAME_POINTER_RULE,
     PLT_ENTRY_SIZE,
     ModuleUnwindData,
@@ -34,12 +36,16 @@ def describe_rule(rule: UnwindRule, arch: str) -> str:
         return "outermost frame (CFA_STOP: return address undefined)"
     if op == CFA_SIGNAL:
         return "signal trampoline (CFA_SIGNAL)"
-    base = {CFA_SP: sp, CFA_FP: fp, CFA_PLT: sp}.get(op, f"op{op}")
+    base = {CFA_SP: sp, CFA_FP: fp, CFA_PLT: sp, CFA_DEREF_FP: fp}.get(op, f"op{op}")
     cfa = f"CFA={base}{rule.cfa_param:+d}"
+    if op == CFA_DEREF_FP:
+        cfa = f"CFA=*({fp}{rule.cfa_param:+d})"
     if op == CFA_PLT:
         cfa += f" (+8 if pc%{PLT_ENTRY_SIZE} >= {rule.aux})"
     ra = "RA in LR" if rule.ra_offset == 0 else f"RA at CFA{rule.ra_offset:+d}"
     fp_text = "FP unchanged" if rule.fp_offset == 0 else f"FP at CFA{rule.fp_offset:+d}"
+    if op == CFA_DEREF_FP and rule.aux == FP_AT_FP:
+        fp_text = f"FP at {fp}{rule.fp_offset:+d}"
     return f"{cfa}, {ra}, {fp_text}"
 
 

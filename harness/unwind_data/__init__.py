@@ -30,6 +30,7 @@ from ..errors import HarnessError
 from ..files import atomic_file
 from .model import (
     _CFA_OPS,
+    CFA_DEREF_FP,
     CFA_FP,
     CFA_INVALID,
     CFA_PLT,
@@ -37,6 +38,7 @@ from .model import (
     CFA_SP,
     CFA_STOP,
     FORMAT_VERSION,
+    FP_AT_FP,
     FRAME_POINTER_RULE,
     PLT_ENTRY_SIZE,
     ModuleUnwindData,
@@ -44,8 +46,8 @@ from .model import (
     plt_pushed_bytes,
 )
 
-__all__ = ["CFA_FP", "CFA_INVALID", "CFA_PLT", "CFA_SIGNAL", "CFA_SP", "CFA_STOP",
-           "FORMAT_VERSION", "FRAME_POINTER_RULE", "PLT_ENTRY_SIZE", "ModuleUnwindData",
+__all__ = ["CFA_DEREF_FP", "CFA_FP", "CFA_INVALID", "CFA_PLT", "CFA_SIGNAL", "CFA_SP", "CFA_STOP",
+           "FORMAT_VERSION", "FP_AT_FP", "FRAME_POINTER_RULE", "PLT_ENTRY_SIZE", "ModuleUnwindData",
            "UnwindRule", "extract_unwind_data", "load_unwind_data", "module_unwind_data",
            "plt_pushed_bytes"]
 

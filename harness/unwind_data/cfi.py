@@ -37,15 +37,19 @@ from .deltas import (
     _Coverage,
     _is_code,
     _make_rule,
+    _match_breg,
+    _match_deref_fp,
     _match_plt_expression,
 )
 from .model import (
     _INVALID_RULE,
     _SIGNAL_RULE,
     _STOP_RULE,
+    CFA_DEREF_FP,
     CFA_FP,
     CFA_PLT,
     CFA_SP,
+    FP_AT_FP,
     MAX_CFI_ENTRIES,
     ModuleUnwindData,
     UnwindRule,
@@ -289,9 +293,13 @@ def _row_rule(row: dict[Any, Any], arch: _Arch, ra_reg: int) -> UnwindRule:
     aux = 0
     if cfa.expr is not None:
         plt = _match_plt_expression(cfa.expr) if arch.plt_expressions else None
-        if plt is None:
+        deref = _match_deref_fp(cfa.expr, arch.fp) if plt is None else None
+        if plt is not None:
+            cfa_op, (cfa_param, aux) = CFA_PLT, plt
+        elif deref is not None:
+            cfa_op, cfa_param = CFA_DEREF_FP, deref
+        else:
             return _INVALID_RULE
-        cfa_op, (cfa_param, aux) = CFA_PLT, plt
     elif cfa.reg == arch.sp:
         cfa_op, cfa_param = CFA_SP, cfa.offset
     elif cfa.reg == arch.fp:
@@ -312,6 +320,11 @@ def _row_rule(row: dict[Any, Any], arch: _Arch, ra_reg: int) -> UnwindRule:
         if fp.arg == 0:
             return _INVALID_RULE  # would read as "not saved"
         fp_offset = fp.arg
+    elif fp is not None and fp.type == RegisterRule.EXPRESSION and cfa_op == CFA_DEREF_FP:
+        at = _match_breg(fp.arg, arch.fp)  # DRAP: the caller's FP is at FP + N
+        if at is None:
+            return _INVALID_RULE
+        fp_offset, aux = at, FP_AT_FP
     return _make_rule(cfa_op, cfa_param, fp_offset, ra_offset, aux)
 
 

@@ -133,3 +133,38 @@ def _build_deltas(segments: list[tuple[int, int, UnwindRule]]) -> list[tuple[int
     if prev_end is not None:
         emit(prev_end, FRAME_POINTER_RULE)
     return deltas
+
+
+_DW_OP_BREG0 = 0x70
+_DW_OP_DEREF = 0x06
+
+
+def _sleb_exact(code: bytes, pos: int) -> tuple[int, int] | None:
+    result = shift = 0
+    while pos < len(code):
+        byte = code[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return (result - (1 << shift) if byte & 0x40 else result), pos
+    return None
+
+
+def _match_breg(expr: list[int] | bytes, reg: int) -> int | None:
+    """N if expr is exactly `DW_OP_breg<reg> N` (an address FP-relative), else None."""
+    code = bytes(expr)
+    if not code or code[0] != _DW_OP_BREG0 + reg or reg > 31:
+        return None
+    found = _sleb_exact(code, 1)
+    return found[0] if found is not None and found[1] == len(code) else None
+
+
+def _match_deref_fp(expr: list[int] | bytes, fp: int) -> int | None:
+    """N if expr is `DW_OP_breg<fp> N; DW_OP_deref`: GCC's CFA for a function that
+    realigned its stack through a DRAP register (CFA = *(FP + N))."""
+    code = bytes(expr)
+    if len(code) < 3 or code[-1] != _DW_OP_DEREF:
+        return None
+    return _match_breg(code[:-1], fp)
+

@@ -32,15 +32,19 @@ from .deltas import (
     _Coverage,
     _is_code,
     _make_rule,
+    _match_breg,
+    _match_deref_fp,
     _match_plt_expression,
 )
 from .model import (
     _INVALID_RULE,
     _SIGNAL_RULE,
     _STOP_RULE,
+    CFA_DEREF_FP,
     CFA_FP,
     CFA_PLT,
     CFA_SP,
+    FP_AT_FP,
     FRAME_POINTER_RULE,
     MAX_CFI_ENTRIES,
     ModuleUnwindData,
@@ -487,9 +491,13 @@ def _rule(row: dict[Any, Any], arch: Any, ra_reg: int, match_plt: Any) -> Unwind
     aux = 0
     if expr is not None:
         plt = match_plt(list(expr)) if arch.plt_expressions else None
-        if plt is None:
+        deref = _match_deref_fp(expr, arch.fp) if plt is None else None
+        if plt is not None:
+            cfa_op, (cfa_param, aux) = CFA_PLT, plt
+        elif deref is not None:
+            cfa_op, cfa_param = CFA_DEREF_FP, deref
+        else:
             return _INVALID_RULE
-        cfa_op, (cfa_param, aux) = CFA_PLT, plt
     elif reg == arch.sp:
         cfa_op, cfa_param = CFA_SP, offset
     elif reg == arch.fp:
@@ -508,6 +516,11 @@ def _rule(row: dict[Any, Any], arch: Any, ra_reg: int, match_plt: Any) -> Unwind
         if fp[1] == 0:
             return _INVALID_RULE
         fp_offset = fp[1]
+    elif fp is not None and fp[0] == EXPRESSION and cfa_op == CFA_DEREF_FP:
+        at = _match_breg(fp[1], arch.fp)  # DRAP: the caller's FP is at FP + N
+        if at is None:
+            return _INVALID_RULE
+        fp_offset, aux = at, FP_AT_FP
     return _make_rule(cfa_op, cfa_param, fp_offset, ra_offset, aux)
 
 

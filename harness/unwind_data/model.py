@@ -14,8 +14,13 @@ CFA_SP = 2  # CFA = SP + cfa_param
 CFA_FP = 3  # CFA = FP + cfa_param  (FP = rbp on x86_64, x29 on aarch64)
 CFA_PLT = 4  # x86_64 PLT: CFA = RSP + cfa_param + plt_pushed_bytes(PC, aux)
 CFA_SIGNAL = 5  # signal trampoline: registers are restored from the signal frame
+# Realigned stack (GCC's DRAP): CFA = *(FP + cfa_param), read from the stack. With
+# aux == FP_AT_FP, the caller's FP is at FP + fp_offset (not CFA + fp_offset).
+CFA_DEREF_FP = 6
+FP_AT_FP = 1
 
-_CFA_OPS = frozenset({CFA_INVALID, CFA_STOP, CFA_SP, CFA_FP, CFA_PLT, CFA_SIGNAL})
+_CFA_OPS = frozenset({CFA_INVALID, CFA_STOP, CFA_SP, CFA_FP, CFA_PLT, CFA_SIGNAL,
+                      CFA_DEREF_FP})
 
 PLT_ENTRY_SIZE = 16  # bytes of an x86_64 .plt entry (enum plt_layout in types.h)
 
@@ -26,7 +31,7 @@ def plt_pushed_bytes(pc: int, aux: int) -> int:
 
 # Bump whenever extraction semantics or the cache layout change: old files are then
 # simply never looked at again (the version is part of the file name).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # CIEs, FDEs and terminators walked in one section: a real libc has ~3,000, the
 # largest binaries some 10^6; a section of zero terminators must not spin for minutes.
 MAX_CFI_ENTRIES = 1 << 22
