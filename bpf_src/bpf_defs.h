@@ -36,6 +36,7 @@ enum bpf_func_id {
   BPF_FUNC_perf_event_output = 25,
   BPF_FUNC_probe_read_user = 112,
   BPF_FUNC_ringbuf_output = 130,
+  BPF_FUNC_loop = 181,
 };
 
 /* Flags stay macros: BPF_F_CURRENT_CPU does not fit the int that a C11 enum
@@ -82,6 +83,8 @@ static long (*bpf_probe_read_user)(void *dst, u32 size, const void *unsafe_ptr) 
     (void *)BPF_FUNC_probe_read_user;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, u64 size, u64 flags) =
     (void *)BPF_FUNC_ringbuf_output;
+static long (*bpf_loop)(u32 nr_loops, void *callback_fn, void *callback_ctx, u64 flags) =
+    (void *)BPF_FUNC_loop;
 
 #include "kernel/debug_print.h"
 

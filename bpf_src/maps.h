@@ -46,12 +46,12 @@ struct {
   __uint(max_entries, 1);
 } unwinder_config SEC(".maps");
 
-/* Unwind state and trace under construction. */
+/* Unwind state and trace under construction, one per CPU. */
 struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(type, BPF_MAP_TYPE_ARRAY);
   __type(key, u32);
   __type(value, struct unwind_scratch);
-  __uint(max_entries, 1);
+  __uint(max_entries, MAX_CPUS);
 } unwind_scratch SEC(".maps");
 
 struct {
@@ -61,11 +61,11 @@ struct {
   __uint(max_entries, NUM_PROGS);
 } unwind_progs SEC(".maps");
 
-/* Finished traces go to user space through this perf event array. */
+/* Finished traces go to user space through this ring buffer: a record is as
+ * long as the trace (a perf event record cannot exceed 64 KiB). */
 struct {
-  __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
-  __uint(key_size, sizeof(u32));
-  __uint(value_size, sizeof(u32));
+  __uint(type, BPF_MAP_TYPE_RINGBUF);
+  __uint(max_entries, TRACE_RING_BYTES);
 } trace_events SEC(".maps");
 
 #endif /* UNWINDER_MAPS_H */

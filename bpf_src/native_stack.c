@@ -2,8 +2,9 @@
  *
  * native_tracer_entry runs on a perf event: it captures the interrupted
  * thread's registers and tail-calls unwind_native, which walks up to
- * FRAMES_PER_PROGRAM frames per invocation and tail-calls itself until the
- * outermost frame or an error. Each step finds the module of the PC
+ * FRAMES_PER_PROGRAM frames per invocation (one bpf_loop, whose callback the
+ * verifier checks once) and tail-calls itself until the outermost frame, an
+ * error or MAX_FRAMES. Each step finds the module of the PC
  * (pid_mappings), the unwind rule for the PC's ELF address (delta_pages,
  * stack_deltas, unwind_rules) and applies it: compute the CFA, read the
  * return address and the saved frame pointer. Modules without unwind data
@@ -385,7 +386,7 @@ static __always_inline enum trace_status unwind_step(struct unwind_scratch *scra
 
 /* ---- Programs -------------------------------------------------------------- */
 
-static __always_inline void send_trace(void *ctx, struct unwind_scratch *scratch)
+static __always_inline void send_trace(struct unwind_scratch *scratch)
 {
   DEBUG_PRINT("native: trace done: %u frames, status %u", scratch->trace.num_frames,
               scratch->trace.status);
@@ -394,10 +395,30 @@ static __always_inline void send_trace(void *ctx, struct unwind_scratch *scratch
    * (0 frames, which cannot happen, would send them all). */
   u64 frames = ((scratch->trace.num_frames - 1) & (MAX_FRAMES - 1)) + 1;
   u64 size = __builtin_offsetof(struct trace, frames) + frames * sizeof(struct frame);
-  long err = bpf_perf_event_output(ctx, &trace_events, BPF_F_CURRENT_CPU, &scratch->trace,
-                                   size);
+  long err = bpf_ringbuf_output(&trace_events, &scratch->trace, size, 0);
   if (err)
-    DEBUG_PRINT("native: perf_event_output failed (%ld), the trace is lost", err);
+    DEBUG_PRINT("native: ringbuf_output failed (%ld), the trace is lost", err);
+}
+
+/* This CPU's unwind state and trace (NULL past MAX_CPUS: the sample is dropped). */
+static __always_inline struct unwind_scratch *cpu_scratch(void)
+{
+  u32 cpu = bpf_get_smp_processor_id();
+  return bpf_map_lookup_elem(&unwind_scratch, &cpu);
+}
+
+/* bpf_loop callback: one frame; a non-zero return ends the loop. */
+static long unwind_frame(u64 index, void *data)
+{
+  (void)index;
+  struct unwind_scratch *scratch = cpu_scratch();
+  u32 *status = data;
+  if (!scratch) {
+    *status = TRACE_STATUS_ABORTED;
+    return 1;
+  }
+  *status = unwind_step(scratch);
+  return *status != TRACE_STATUS_RUNNING;
 }
 
 /* A new trace at the interrupted thread's registers. */
@@ -417,35 +438,36 @@ static __always_inline void begin_trace(struct unwind_scratch *scratch, u64 pid_
 SEC("perf_event")
 int unwind_native(struct perf_event_ctx *ctx)
 {
-  u32 zero = 0;
-  struct unwind_scratch *scratch = bpf_map_lookup_elem(&unwind_scratch, &zero);
+  struct unwind_scratch *scratch = cpu_scratch();
   if (!scratch) {
     DEBUG_PRINT("native: no unwind_scratch, trace dropped");
     return 0;
   }
 
-  for (int i = 0; i < FRAMES_PER_PROGRAM; i++) {
-    if (unwind_step(scratch) != TRACE_STATUS_RUNNING) {
-      send_trace(ctx, scratch);
-      return 0;
-    }
+  u32 status = TRACE_STATUS_RUNNING;
+  bpf_loop(FRAMES_PER_PROGRAM, unwind_frame, &status, 0);
+  scratch = cpu_scratch(); /* the verifier forgets map values across the loop */
+  if (!scratch)
+    return 0;
+  if (status != TRACE_STATUS_RUNNING) {
+    send_trace(scratch);
+    return 0;
   }
 
   bpf_tail_call(ctx, &unwind_progs, PROG_UNWIND_NATIVE);
   /* Only reached when the tail-call budget is exhausted. */
   DEBUG_PRINT("native: out of tail calls after %u frames", scratch->trace.num_frames);
   abort_trace(&scratch->trace, ERR_NATIVE_MAX_FRAMES, 0);
-  send_trace(ctx, scratch);
+  send_trace(scratch);
   return 0;
 }
 
 SEC("perf_event")
 int native_tracer_entry(struct perf_event_ctx *ctx)
 {
-  u32 zero = 0;
-  struct unwind_scratch *scratch = bpf_map_lookup_elem(&unwind_scratch, &zero);
+  struct unwind_scratch *scratch = cpu_scratch();
   if (!scratch) {
-    DEBUG_PRINT("native: no unwind_scratch, sample dropped");
+    DEBUG_PRINT("native: no unwind_scratch for this CPU, sample dropped");
     return 0;
   }
 
@@ -453,7 +475,7 @@ int native_tracer_entry(struct perf_event_ctx *ctx)
   bpf_tail_call(ctx, &unwind_progs, PROG_UNWIND_NATIVE);
   DEBUG_PRINT("native: tail call to unwind_native failed, tid %u", scratch->trace.tid);
   abort_trace(&scratch->trace, ERR_NATIVE_TAIL_CALL, 0);
-  send_trace(ctx, scratch);
+  send_trace(scratch);
   return 0;
 }
 

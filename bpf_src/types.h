@@ -57,8 +57,8 @@ struct perf_event_ctx {
  * field's must not be. */
 
 enum unwind_limits {
-  MAX_FRAMES = 512,         /* frames in one trace; a power of two (index mask) */
-  FRAMES_PER_PROGRAM = 16,  /* native frames per program before a tail call */
+  MAX_FRAMES = 4096,        /* frames in one trace; a power of two (index mask) */
+  FRAMES_PER_PROGRAM = 256, /* native frames per program (one bpf_loop) before a tail call */
   DELTA_PAGE_BITS = 16,     /* stack deltas are indexed per 64 KiB of text */
   DELTA_PAGE_MASK = (1 << DELTA_PAGE_BITS) - 1,
   /* A page holds at most one delta per address, 1 << DELTA_PAGE_BITS: one
@@ -67,6 +67,10 @@ enum unwind_limits {
 };
 
 enum map_sizes {
+  /* unwind_scratch holds a trace of MAX_FRAMES frames per CPU (128 KiB: above
+   * what a per-CPU map value may be), so it is an array indexed by CPU. */
+  MAX_CPUS = 64,
+  TRACE_RING_BYTES = 1 << 22, /* trace_events: room for 32 full traces */
   MAX_PIDS = 256,
   MAX_MAPPING_PREFIXES = 65536,
   MAX_DELTA_PAGES = 65536,

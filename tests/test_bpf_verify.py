@@ -102,7 +102,7 @@ def test_cli_bpf_verify_reports_counts(bpf_allowed: None,
     assert main(["bpf-verify", "-arch", ARM64]) == 0
     out = capsys.readouterr().out
     for program in _programs(ARM64):
-        assert re.search(rf"arm64 +│ {program} +│ \S+ +│ verified +│ +\d+ │ +\d+ │ +\d+ │", out)
+        assert re.search(rf"arm64 +│ {program} +│ \S+ +│ verified +│ +\d+ │ +\d+ │ +[\d+]+ │", out)
 
 
 def test_bpf_build_cli(capsys: pytest.CaptureFixture[str]) -> None:

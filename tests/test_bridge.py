@@ -63,11 +63,14 @@ def test_helper_exception_is_reported() -> None:
         _unwind("chain.O2.nofp", read=broken)
 
 
-def test_deep_stack_uses_tail_calls() -> None:
+def test_frames_per_program_and_tail_calls() -> None:
+    """The entry tail-calls unwind_native, which walks FRAMES_PER_PROGRAM frames per
+    invocation (one bpf_loop) and tail-calls itself for more."""
     trace, frames, process = _unwind("recurse")
     process.close()
+    per_program = get_unwinder(AMD64).layout.constant("FRAMES_PER_PROGRAM")
     assert len(frames) > 220
-    assert trace.tail_calls >= len(frames) // 16
+    assert trace.tail_calls == 1 + (len(frames) - 1) // per_program
 
 
 def test_fault_addresses(tmp_path: Path) -> None:

@@ -80,12 +80,16 @@ def test_frame_pointer_walk_of_the_bundled_cases(fp_case: Path) -> None:
 
 def test_frame_pointer_walk_is_exact_where_every_frame_has_a_record() -> None:
     """arm64 Debian builds keep frame records everywhere: wherever the walker skipped
-    nothing, it is the recorded trace exactly, and that is most arm64 threads."""
+    nothing, it is the recorded trace exactly, and that is most arm64 threads (of
+    those that fit in its 128-frame traces)."""
+    capacity = get_unwinder("arm64", source=FP_UNWINDER).abi.frames_field.count
     exact = total = 0
     for case_path in FP_CASES:
         if case_path.parent.name != "arm64":
             continue
         for got, expected in _fp_traces(case_path):
+            if len(expected) >= capacity:
+                continue  # deeper than the walker's trace holds
             total += 1
             exact += got == expected
     assert total and exact * 2 > total, f"{exact} of {total} arm64 threads exact"

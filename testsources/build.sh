@@ -46,6 +46,8 @@ build static   "$CC"  static.c   -O2 -static
 build sigframe "$CC"  sigframe.c -O2
 build sites    "$CC"  sites.c    -O2
 build vdso     "$CC"  vdso.c     -O2 -pthread
+build deep     "$CC"  deep.c     -O1
+build deep.limit "$CC" deep.c    -O1 -DDEPTH=6000
 # x86_64 only: arm64's ABI keeps the stack 16-byte aligned, so GCC never needs a DRAP there.
 if "$CC" -dumpmachine | grep -q '^x86_64'; then
     build realign "$CC" realign.c -O2 -mincoming-stack-boundary=3

@@ -51,7 +51,16 @@ CASES = [
     ("vdso", "vdso", "gcore"),
     ("vdso.sigill", "vdso", "kernel"),
     ("realign", "realign", "gcore"),
+    ("deep", "deep", "gcore"),
+    ("deep.limit", "deep.limit", "gcore"),
 ]
+
+# Differences from gdb that a case explains (per frame, as `new -gdb-differences`).
+GDB_DIFFERENCES = {
+    "deep.limit": "a trace holds MAX_FRAMES (4,096) frames: at the limit the unwinder ends "
+                  "it with the explicit native_max_frames error frame, where gdb goes on to "
+                  "main and _start",
+}
 
 # arm64 cases, recorded under qemu-user: (case name, program, site or None).
 # A site stops the program at one instruction (see harness/record/qemu.py);
@@ -71,6 +80,7 @@ ARM64_CASES = [
     ("chain.O2.nocfi", "chain.O2.nocfi", None),           # no FDEs: frame records
     ("cxx", "cxx", None),
     ("static", "static", None),
+    ("deep", "deep", None),
 ]
 
 
@@ -140,7 +150,8 @@ def main() -> int:
             try:
                 if method.startswith("gcore"):
                     case = record_case(name, pid=proc.pid, force=args.force, progress=print,
-                                       bundle_modules=method == "gcore")
+                                       bundle_modules=method == "gcore",
+                                       gdb_differences=GDB_DIFFERENCES.get(name))
                 else:
                     case = record_case(name, core=kernel_core(proc, cwd), force=args.force,
                                        progress=print)

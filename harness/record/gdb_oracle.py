@@ -274,7 +274,7 @@ def gdb_backtraces(
     *,
     gdb: str = "gdb",
     timeout: float = 120.0,
-    max_frames: int = 1024,
+    max_frames: int = 8192,
     symbol_files: list[tuple[str, int]] | None = None,
 ) -> list[GdbThread]:
     """Unwind every thread of `core` with gdb and return the physical frames.

@@ -45,9 +45,19 @@ class GdbDifference:
             (self.lwp, self.frame, list(self.gdb), list(self.ours))
 
     def describe(self) -> str:
-        gdb = ", ".join(self.gdb) or "nothing"
-        ours = ", ".join(self.ours) or "nothing"
-        return f"thread {self.lwp} frame #{self.frame}: gdb {gdb}; ours {ours}"
+        return (f"thread {self.lwp} frame #{self.frame}: gdb {_frames_text(self.gdb)}; "
+                f"ours {_frames_text(self.ours)}")
+
+
+def _frames_text(frames: Sequence[str], most: int = 6) -> str:
+    """A run of frames for a message: a long one shows its ends and how many between."""
+    if not frames:
+        return "nothing"
+    if len(frames) <= most:
+        return ", ".join(frames)
+    half = most // 2
+    return (", ".join(frames[:half]) + f", ... {len(frames) - most} more ..., "
+            + ", ".join(frames[-half:]))
 
 
 @dataclass

@@ -94,6 +94,24 @@ long bpf_tail_call(void *ctx, void *prog_array_map, unsigned int index)
   longjmp(*tail_call_target, 1);
 }
 
+#define MAX_LOOPS (1U << 23) /* the kernel's BPF_MAX_LOOPS */
+
+long bpf_loop(unsigned int nr_loops, void *callback_fn, void *callback_ctx,
+              unsigned long long flags)
+{
+  long (*callback)(unsigned long long index, void *ctx) = callback_fn;
+  if (flags || nr_loops > MAX_LOOPS || !callback)
+    return -22; /* -EINVAL, as the kernel */
+  unsigned int i = 0;
+  while (i < nr_loops) {
+    long ret = callback(i, callback_ctx);
+    i++;
+    if (ret)
+      break;
+  }
+  return i;
+}
+
 /* Run one program and whatever it tail-calls; returns the last program's
  * return value. *tail_calls_out receives the number of tail calls taken. */
 int harness_run_program(bpf_prog_fn prog, void *ctx, int *tail_calls_out)

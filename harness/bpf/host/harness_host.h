@@ -5,8 +5,9 @@
  * helper definitions: each helper is then a function pointer with the
  * helper's name and signature, which the harness (harness/bpf/bridge.py)
  * points at Python implementations through ctypes before a program runs.
- * bpf_tail_call is the one helper implemented here in C: it leaves the
- * calling program for good, which a Python callback cannot do.
+ * bpf_tail_call and bpf_loop are implemented here in C: the one leaves the
+ * calling program for good, which a Python callback cannot do; the other only
+ * calls the unwinder's own callback.
  *
  * SEC() places programs and maps in named ELF sections as in the BPF build,
  * so the harness finds them in the shared object the way libbpf finds them in
@@ -33,6 +34,10 @@ extern long (*bpf_ringbuf_output)(void *ringbuf, void *data, unsigned long long 
 extern long (*bpf_probe_read_user)(void *dst, unsigned int size, const void *unsafe_ptr);
 
 long bpf_tail_call(void *ctx, void *prog_array_map, unsigned int index);
+
+/* bpf_loop runs in C too: the callback is the unwinder's own code. */
+long bpf_loop(unsigned int nr_loops, void *callback_fn, void *callback_ctx,
+              unsigned long long flags);
 
 /* DEBUG_PRINT(fmt, ...) is always compiled in on the host; whether it prints
  * is decided at run time by harness_log. */
