@@ -17,8 +17,13 @@ static __always_inline void state_from_regs(struct unwind_state *st,
   st->pc = regs->ip;
   st->sp = regs->sp;
   st->fp = regs->bp;
-  st->lr = 0;
-  st->lr_valid = 0; /* x86_64 has no link register */
+  /* x86_64 has no link register, but code may keep a return address in a
+   * register for a moment: glibc's vfork pops it into rdi across the system
+   * call (DW_CFA_register rip, rdi), which a thread frozen in vfork shows.
+   * The CFI says so only for that register (harness/unwind_data: ra_register),
+   * and only the top frame's registers are known. */
+  st->lr = regs->di;
+  st->lr_valid = 1;
 }
 
 /* At __restore_rt the handler's ret has popped rt_sigframe.pretcode

@@ -261,6 +261,8 @@ def _acceptable(cols: dict[str, str], signal: bool, machine: str) -> list[Unwind
         ra_offset = default_ra
     elif re.fullmatch(r"c-\d+", ra):
         ra_offset = int(ra[1:])
+    elif ra == ("r5 (rdi)" if machine == "amd64" else "r30 (x30)"):
+        ra_offset = 0  # in the register the unwinder holds as the top frame's "LR"
     else:
         return [*candidates, invalid]
     fp_rule = cols.get(fp, "u")
@@ -871,3 +873,13 @@ def test_realigned_stack_cfa_expression(workdir: Path) -> None:
     addr, size = require_symbol(exe, "main")
     rules = rules_in(slow, addr, addr + size)
     assert UnwindRule(CFA_DEREF_FP, -8, fp_offset=0, ra_offset=-8, aux=FP_AT_FP) in rules
+
+
+def test_vfork_keeps_the_return_address_in_rdi(libc: Loaded) -> None:
+    """glibc's __vfork pops its return address into rdi across the system call
+    (DW_CFA_register rip, rdi): the rule says "in the link register", which on
+    x86_64 is rdi for the top frame (bpf_src/arch.h state_from_regs)."""
+    addr, size = require_symbol(LIBC, "__vfork")
+    rules = rules_in(libc.data, addr, addr + size)
+    assert UnwindRule(CFA_SP, 0, ra_offset=0) in rules
+    assert CFA_INVALID not in {r.cfa_op for r in rules}

@@ -14,6 +14,7 @@ against gdb by `new` itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,6 +54,8 @@ CASES = [
     ("realign", "realign", "gcore"),
     ("deep", "deep", "gcore"),
     ("deep.limit", "deep.limit", "gcore"),
+    ("vfork", "vfork", "kernel"),  # the parent, in vfork(): a fatal signal ends its wait
+    ("vfork.child", "vfork", "gcore-child"),   # the child, on the parent's stack
 ]
 
 # Differences from gdb that a case explains (per frame, as `new -gdb-differences`).
@@ -84,7 +87,9 @@ ARM64_CASES = [
 ]
 
 
-def start(program: Path, cwd: str, core_limit: bool) -> subprocess.Popen[str]:
+def start(program: Path, cwd: str, core_limit: bool) -> tuple[subprocess.Popen[str], int]:
+    """The program, once ready, and the pid its `ready <pid>` line names (vfork's
+    child), else its own."""
     def preexec() -> None:
         if core_limit:
             import resource
@@ -100,15 +105,21 @@ def start(program: Path, cwd: str, core_limit: bool) -> subprocess.Popen[str]:
         proc.kill()
         raise SystemExit(f"{program.name} did not become ready (printed {line!r})")
     time.sleep(0.2)  # let every thread settle into its blocking call
-    return proc
+    words = line.split()
+    return proc, int(words[1]) if len(words) > 1 and words[1].isdigit() else proc.pid
 
 
-def kernel_core(proc: subprocess.Popen[str], cwd: str) -> Path:
+def kernel_core(proc: subprocess.Popen[str], cwd: str, also_kill: int | None = None) -> Path:
+    """SIGILL and the core the kernel writes. `also_kill`: a vfork child, whose parent
+    handles the signal only once the child is gone."""
     pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
     if pattern.startswith("|"):
         raise SystemExit(f"core_pattern pipes cores to {pattern!r}; kernel cores need a file "
                          "pattern such as `core`")
     os.kill(proc.pid, signal.SIGILL)
+    if also_kill is not None and also_kill != proc.pid:
+        time.sleep(0.2)  # the signal is pending in the parent before its child goes
+        os.kill(also_kill, signal.SIGKILL)
     proc.wait(timeout=30)
     cores = sorted(Path(cwd).glob("core*"), key=lambda p: p.stat().st_mtime)
     if not cores:
@@ -146,16 +157,20 @@ def main() -> int:
             continue
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="record-") as cwd:
-            proc = start(BUILD / program, cwd, core_limit=method == "kernel")
+            proc, ready_pid = start(BUILD / program, cwd, core_limit=method == "kernel")
             try:
                 if method.startswith("gcore"):
-                    case = record_case(name, pid=proc.pid, force=args.force, progress=print,
-                                       bundle_modules=method == "gcore",
+                    pid = ready_pid if method == "gcore-child" else proc.pid
+                    case = record_case(name, pid=pid, force=args.force, progress=print,
+                                       bundle_modules=method != "gcore-nobundle",
                                        gdb_differences=GDB_DIFFERENCES.get(name))
                 else:
-                    case = record_case(name, core=kernel_core(proc, cwd), force=args.force,
-                                       progress=print)
+                    case = record_case(name, core=kernel_core(proc, cwd, ready_pid),
+                                       force=args.force, progress=print)
             finally:
+                if ready_pid != proc.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(ready_pid, signal.SIGKILL)
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()

@@ -449,8 +449,11 @@ class DeltaChecker:
     def _check_ra(self, uc: unicorn.Uc, addr: int, step: _Step, cfa: int, sp: int) -> None:
         rule = step.rule
         if rule.ra_offset == 0:
-            value = uc.reg_read(self._lr) if self._lr is not None else None
-            where = "LR"
+            # arm64: the link register; x86_64: rdi, the one register CFI keeps a return
+            # address in (glibc's vfork), which the unwinder holds as its top frame's "LR"
+            reg = self._lr if self._lr is not None else self.emu.spec.regs["rdi"]
+            value = uc.reg_read(reg)
+            where = "LR" if self._lr is not None else "rdi"
         else:
             value = self._read_u64(cfa + rule.ra_offset)
             where = f"CFA{rule.ra_offset:+d}"

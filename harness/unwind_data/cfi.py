@@ -311,6 +311,8 @@ def _row_rule(row: dict[Any, Any], arch: _Arch, ra_reg: int) -> UnwindRule:
         ra_offset = arch.default_ra_offset
     elif ra.type == RegisterRule.OFFSET and ra.arg != 0:
         ra_offset = ra.arg  # 0 would collide with "still in the link register"
+    elif ra.type == RegisterRule.REGISTER and ra.arg == arch.ra_register:
+        ra_offset = 0  # in the register the unwinder holds as the top frame's LR
     else:
         return _INVALID_RULE
 

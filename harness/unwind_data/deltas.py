@@ -11,6 +11,9 @@ from functools import lru_cache
 from ..arch import AMD64, ARCHES, Arch
 from .model import FRAME_POINTER_RULE, UnwindRule
 
+_DWARF_RDI = 5  # x86_64 DWARF register numbers (System V psABI)
+_DWARF_X30 = 30  # AArch64 DWARF register numbers (the link register)
+
 
 @dataclass(frozen=True)
 class _Arch:
@@ -21,12 +24,17 @@ class _Arch:
     fp: int
     default_ra_offset: int  # RA location when the RA column has no rule
     plt_expressions: bool  # whether to recognise the x86_64 PLT CFA expression
+    # The register the unwinder has as its top frame's "link register": where
+    # DW_CFA_register may put the return address (arm64 x30; x86_64 rdi, which
+    # glibc's vfork pops the return address into across the system call).
+    ra_register: int
 
     @classmethod
     def of(cls, arch: Arch) -> _Arch:
         # binutils describes x86_64 .plt entries with one CFA expression (see below)
         return cls(arch.name, arch.dwarf_sp, arch.dwarf_fp, arch.entry_ra_offset,
-                   plt_expressions=arch.name == AMD64)
+                   plt_expressions=arch.name == AMD64,
+                   ra_register=_DWARF_RDI if arch.name == AMD64 else _DWARF_X30)
 
 
 _ARCHES = {a.elf_machine_name: _Arch.of(a) for a in ARCHES.values()}

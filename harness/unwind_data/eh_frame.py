@@ -508,6 +508,8 @@ def _rule(row: dict[Any, Any], arch: Any, ra_reg: int, match_plt: Any) -> Unwind
         ra_offset = arch.default_ra_offset
     elif ra[0] == OFFSET and ra[1] != 0:
         ra_offset = ra[1]
+    elif ra[0] == REGISTER and ra[1] == arch.ra_register:
+        ra_offset = 0  # in the register the unwinder holds as the top frame's LR
     else:
         return _INVALID_RULE
     fp = row.get(arch.fp)

@@ -31,7 +31,7 @@ def plt_pushed_bytes(pc: int, aux: int) -> int:
 
 # Bump whenever extraction semantics or the cache layout change: old files are then
 # simply never looked at again (the version is part of the file name).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # CIEs, FDEs and terminators walked in one section: a real libc has ~3,000, the
 # largest binaries some 10^6; a section of zero terminators must not spin for minutes.
 MAX_CFI_ENTRIES = 1 << 22
