@@ -62,8 +62,8 @@ CASES = [
 # Differences from gdb that a case explains (per frame, as `new -gdb-differences`).
 GDB_DIFFERENCES = {
     "garbage": "the return address above smash was overwritten with 0x4141414141414141: the "
-               "unwinder ends there with native_pc_not_mapped; gdb prints the overwritten "
-               "words as 500 more frames of ?? at that address",
+               "unwinder ends there with native_pc_not_mapped; gdb goes on to print the "
+               "overwritten words as hundreds of frames outside any module",
     "deep.limit": "a trace holds MAX_FRAMES (4,096) frames: at the limit the unwinder ends "
                   "it with the explicit native_max_frames error frame, where gdb goes on to "
                   "main and _start",
