@@ -301,6 +301,16 @@ def test_a_bad_cache_copy_is_rebuilt_not_used(tmp_path: Path, damage: str) -> No
         copy.symlink_to(tmp_path / "content")
     store_module._VERIFIED.clear()  # as in a new process
     assert store.local_path(blob_id).read_bytes() == content
+    # a good copy is trusted by its stamp in later processes: not hashed again
+    store_module._VERIFIED.clear()
+    hashed = []
+    real = store_module.sha256_file
+    store_module.sha256_file = lambda p: hashed.append(p) or real(p)  # type: ignore
+    try:
+        assert store.local_path(blob_id).read_bytes() == content
+    finally:
+        store_module.sha256_file = real  # type: ignore
+    assert hashed == []
     assert not store.local_path(blob_id).is_symlink()
 
 

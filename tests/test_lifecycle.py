@@ -200,14 +200,16 @@ def test_clean_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert f"would remove blobs: {orphan}.zst" in out
     assert f"would remove cache: {orphan}  5.0 KB" in out
     assert "would remove cache: .half-written.tmp" in out and ".being-written" not in out
-    assert "3 items" in out
+    assert f"would remove cache: {orphan}.verified" in out  # the copy's stamp goes with it
+    assert "4 items" in out
     assert sorted(p.name for p in (testdata / "blobs").iterdir()) == before  # dry run
 
     assert main(["clean", "-testdata", str(testdata)]) == 0
-    assert "removed 3 items" in capsys.readouterr().out
+    assert "removed 4 items" in capsys.readouterr().out
     assert sorted(p.name for p in (testdata / "blobs").iterdir()) == sorted(
         f"{b}.zst" for b in _all_referenced())
     assert not (cache / orphan).exists() and not stale.exists() and fresh.exists()
+    assert not (cache / f"{orphan}.verified").exists()
     assert all((cache / b).exists() for b in lifecycle.case_blobs(load_case(case_path)))
 
     assert main(["clean", "-testdata", str(testdata)]) == 0

@@ -76,4 +76,4 @@ def test_parallel_extraction(store: BlobStore, tmp_path: Path) -> None:
     with ProcessPoolExecutor(4) as pool:
         results = list(pool.map(_extract, [(str(store.root), str(store.cache), blob_id)] * 8))
     assert results == [blob_id] * 8
-    assert [p.name for p in store.cache.iterdir()] == [blob_id]
+    assert sorted(p.name for p in store.cache.iterdir()) == [blob_id, f"{blob_id}.verified"]

@@ -24,7 +24,7 @@ from ..files import CHUNK, atomic_file, is_temp_file, temp_writer, writer_alive
 from .blobs import BLOB_ID, SUFFIX, check_id, verify_blob
 from .case_file import TestCase, find_cases, load_case
 from .remote import RemoteStore
-from .store import BlobStore
+from .store import STAMP_SUFFIX, BlobStore
 
 DEFAULT_REMOTE_AGE = "6mo"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(mo|[smhdwy])")
@@ -207,8 +207,13 @@ def local_garbage(store: BlobStore, referenced: set[str]) -> list[Garbage]:
                 continue
             stem = path.name[: -len(suffix)] if suffix and path.name.endswith(suffix) else \
                 path.name
-            if (BLOB_ID.match(stem) and path.name == stem + suffix and stem not in referenced) \
-                    or _stale_temp(path, now):
+            if where == "cache" and stem.endswith(STAMP_SUFFIX):
+                stem = stem[: -len(STAMP_SUFFIX)]  # a copy's stamp goes with the copy
+                suffix_here = STAMP_SUFFIX
+            else:
+                suffix_here = suffix
+            if (BLOB_ID.match(stem) and path.name == stem + suffix_here
+                    and stem not in referenced) or _stale_temp(path, now):
                 items.append(Garbage(where, path.name, path.stat().st_size, path))
     return items
 

@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import StoreError
-from ..files import TEMP_SUFFIX, atomic_file, sha256_file, temp_prefix
+from ..errors import HarnessError, StoreError
+from ..files import TEMP_SUFFIX, atomic_file, sha256_file, temp_prefix, write_atomically
 from ..paths import BLOBS, cache_root
 from .blobs import (
     BLOB_ID,
@@ -49,17 +49,41 @@ def _configured_fetcher() -> Fetcher | None:
     return remote.fetch if remote is not None else None
 
 
-# Cache copies hashed by this process: path -> (inode, size, mtime) when it was.
-_VERIFIED: dict[Path, tuple[int, int, int]] = {}
+# Cache copies hashed by this process: path -> their stamp when they were.
+_VERIFIED: dict[Path, tuple[int, int, int, int]] = {}
+# Beside each verified copy, its stamp, so that later processes need not hash it
+# again (a core is tens of megabytes: hashing it was most of a warm analyze).
+STAMP_SUFFIX = ".verified"
 
 
-def _stamp(info: os.stat_result) -> tuple[int, int, int]:
-    return info.st_ino, info.st_size, info.st_mtime_ns
+def _stamp(info: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a copy is swapped, edited, truncated or relinked: the inode,
+    size, modification time and change time (which no one can set back)."""
+    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def _stamp_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + STAMP_SUFFIX)
+
+
+def _stamped(dest: Path, info: os.stat_result) -> bool:
+    """Whether a process verified dest as it is now (its stamp file says so)."""
+    try:
+        text = _stamp_path(dest).read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return text.split() == [str(v) for v in _stamp(info)]
 
 
 def _remember(dest: Path) -> None:
-    """dest was just written from a verified blob: no need to hash it again."""
-    _VERIFIED[dest] = _stamp(dest.lstat())
+    """dest was just verified (hashed, or written from a verified blob): no need to
+    hash it again, in this process or later ones."""
+    info = dest.lstat()
+    _VERIFIED[dest] = _stamp(info)
+    try:
+        write_atomically(_stamp_path(dest), " ".join(str(v) for v in _stamp(info)).encode())
+    except (OSError, HarnessError):
+        pass  # no stamp: the next process hashes the copy again, nothing worse
 
 
 class BlobStore:
@@ -101,10 +125,11 @@ class BlobStore:
     def local_path(self, blob_id: str) -> Path:
         """An uncompressed, verified copy of the blob (extracted on first use).
 
-        A copy already in the cache is hashed once per process before it is used
-        (then remembered by inode, size and mtime): the cache is a directory
-        anyone can write to, and a swapped or damaged copy must never give wrong
-        frames silently. A bad copy is removed and extracted again."""
+        A copy already in the cache is hashed before it is used unless a stamp
+        beside it says it was verified as it is now (same inode, size, mtime and
+        ctime): the cache is a directory anyone can write to, and a swapped or
+        damaged copy must never give wrong frames silently. A bad copy is
+        removed and extracted again."""
         dest = self.cache / check_id(blob_id)
         if self._cached_copy_ok(blob_id, dest):
             return dest
@@ -129,11 +154,14 @@ class BlobStore:
                              f"{self.cache} holds only files)")
         if _VERIFIED.get(dest) == _stamp(info):
             return True
+        if stat.S_ISREG(info.st_mode) and _stamped(dest, info):
+            _VERIFIED[dest] = _stamp(info)
+            return True
         if stat.S_ISREG(info.st_mode):
             try:
                 expected = self._expected_size(blob_id)
                 if expected in (None, info.st_size) and sha256_file(dest) == blob_id:
-                    _VERIFIED[dest] = _stamp(info)
+                    _remember(dest)
                     return True
             except OSError as e:
                 raise StoreError(f"cache copy {dest}: cannot read: {e.strerror}") from None
