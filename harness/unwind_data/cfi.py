@@ -31,25 +31,24 @@ from elftools.elf.sections import Section
 from ..errors import UnwindDataError
 from .deltas import (
     _ARCHES,
+    EXPRESSION,
+    OFFSET,
+    REGISTER,
+    SAME_VALUE,
+    UNDEFINED,
+    VAL_EXPRESSION,
+    VAL_OFFSET,
+    RowOrderError,
     _Arch,
     _build_deltas,
     _clip,
     _Coverage,
     _is_code,
-    _make_rule,
-    _match_breg,
-    _match_deref_fp,
-    _match_plt_expression,
+    row_rule,
+    table_pieces,
 )
 from .model import (
-    _INVALID_RULE,
     _SIGNAL_RULE,
-    _STOP_RULE,
-    CFA_DEREF_FP,
-    CFA_FP,
-    CFA_PLT,
-    CFA_SP,
-    FP_AT_FP,
     MAX_CFI_ENTRIES,
     ModuleUnwindData,
     UnwindRule,
@@ -241,16 +240,11 @@ def _fde_segments(fde: FDE, start: int, end: int, arch: _Arch) -> list[tuple[int
     if not table:
         raise _MalformedFDE("no CFA rule")
     ra_reg = cie["return_address_register"]
-    pieces = []
-    for i, row in enumerate(table):
-        pc = row["pc"]
-        next_pc = table[i + 1]["pc"] if i + 1 < len(table) else end
-        if pc < start or next_pc < pc:
-            raise _MalformedFDE(f"row address {pc:#x} out of order")
-        next_pc = min(next_pc, end)
-        if pc < next_pc:
-            pieces.append((pc, next_pc, _row_rule(row, arch, ra_reg)))
-    return pieces
+    rows = [(row["pc"], _row_rule(row, arch, ra_reg)) for row in table]
+    try:
+        return table_pieces(rows, start, end)
+    except RowOrderError as e:
+        raise _MalformedFDE(str(e)) from None
 
 
 def _is_signal_frame(cie: CIE) -> bool:
@@ -284,50 +278,22 @@ def _normalize_instructions(entry: CFIEntry) -> None:
     entry.instructions = fixed
 
 
+# pyelftools' RegisterRule types as deltas.py's kinds.
+_KINDS = {RegisterRule.UNDEFINED: UNDEFINED, RegisterRule.SAME_VALUE: SAME_VALUE,
+          RegisterRule.OFFSET: OFFSET, RegisterRule.VAL_OFFSET: VAL_OFFSET,
+          RegisterRule.REGISTER: REGISTER, RegisterRule.EXPRESSION: EXPRESSION,
+          RegisterRule.VAL_EXPRESSION: VAL_EXPRESSION}
+
+
+def _reg_rule(rule: RegisterRule | None) -> tuple[int, object] | None:
+    return None if rule is None else (_KINDS.get(rule.type, -1), rule.arg)
+
+
 def _row_rule(row: dict[Any, Any], arch: _Arch, ra_reg: int) -> UnwindRule:
     """Translate one decoded CFI row into the unwinder's restricted rule set."""
-    ra = row.get(ra_reg)
-    if ra is not None and ra.type == RegisterRule.UNDEFINED:
-        return _STOP_RULE
     cfa = row["cfa"]
-    aux = 0
-    if cfa.expr is not None:
-        plt = _match_plt_expression(cfa.expr) if arch.plt_expressions else None
-        deref = _match_deref_fp(cfa.expr, arch.fp) if plt is None else None
-        if plt is not None:
-            cfa_op, (cfa_param, aux) = CFA_PLT, plt
-        elif deref is not None:
-            cfa_op, cfa_param = CFA_DEREF_FP, deref
-        else:
-            return _INVALID_RULE
-    elif cfa.reg == arch.sp:
-        cfa_op, cfa_param = CFA_SP, cfa.offset
-    elif cfa.reg == arch.fp:
-        cfa_op, cfa_param = CFA_FP, cfa.offset
-    else:
-        return _INVALID_RULE
-
-    if ra is None or ra.type == RegisterRule.SAME_VALUE:
-        ra_offset = arch.default_ra_offset
-    elif ra.type == RegisterRule.OFFSET and ra.arg != 0:
-        ra_offset = ra.arg  # 0 would collide with "still in the link register"
-    elif ra.type == RegisterRule.REGISTER and ra.arg == arch.ra_register:
-        ra_offset = 0  # in the register the unwinder holds as the top frame's LR
-    else:
-        return _INVALID_RULE
-
-    fp = row.get(arch.fp)
-    fp_offset = 0
-    if fp is not None and fp.type == RegisterRule.OFFSET:
-        if fp.arg == 0:
-            return _INVALID_RULE  # would read as "not saved"
-        fp_offset = fp.arg
-    elif fp is not None and fp.type == RegisterRule.EXPRESSION and cfa_op == CFA_DEREF_FP:
-        at = _match_breg(fp.arg, arch.fp)  # DRAP: the caller's FP is at FP + N
-        if at is None:
-            return _INVALID_RULE
-        fp_offset, aux = at, FP_AT_FP
-    return _make_rule(cfa_op, cfa_param, fp_offset, ra_offset, aux)
+    return row_rule((cfa.reg, cfa.offset, cfa.expr), _reg_rule(row.get(ra_reg)),
+                    _reg_rule(row.get(arch.fp)), arch)
 
 
 # ------------------------------------------------------------------- merging the table

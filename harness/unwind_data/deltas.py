@@ -9,7 +9,21 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..arch import AMD64, ARCHES, Arch
-from .model import FRAME_POINTER_RULE, UnwindRule
+from .model import (
+    _INVALID_RULE,
+    _STOP_RULE,
+    CFA_DEREF_FP,
+    CFA_FP,
+    CFA_PLT,
+    CFA_SP,
+    FP_AT_FP,
+    FRAME_POINTER_RULE,
+    UnwindRule,
+)
+
+# Register rule kinds of a CFI row (DWARF 6.4.1), as both decoders hand them over.
+UNDEFINED, SAME_VALUE, OFFSET, VAL_OFFSET, REGISTER, EXPRESSION, VAL_EXPRESSION = range(7)
+RegRule = tuple[int, object]  # (kind, offset, register or expression bytes)
 
 _DWARF_RDI = 5  # x86_64 DWARF register numbers (System V psABI)
 _DWARF_X30 = 30  # AArch64 DWARF register numbers (the link register)
@@ -175,4 +189,70 @@ def _match_deref_fp(expr: list[int] | bytes, fp: int) -> int | None:
     if len(code) < 3 or code[-1] != _DW_OP_DEREF:
         return None
     return _match_breg(code[:-1], fp)
+
+
+def row_rule(cfa: tuple[int | None, int, bytes | list[int] | None], ra: RegRule | None,
+             fp: RegRule | None, arch: _Arch) -> UnwindRule:
+    """One CFI row in the unwinder's restricted rule set: the CFA as (register,
+    offset, expression or None), the return-address and frame-pointer columns as
+    (kind, argument) or None. What the unwinder cannot follow is CFA_INVALID."""
+    if ra is not None and ra[0] == UNDEFINED:
+        return _STOP_RULE
+    reg, offset, expr = cfa
+    aux = 0
+    if expr is not None:
+        plt = _match_plt_expression(list(expr)) if arch.plt_expressions else None
+        deref = _match_deref_fp(expr, arch.fp) if plt is None else None
+        if plt is not None:
+            cfa_op, (cfa_param, aux) = CFA_PLT, plt
+        elif deref is not None:
+            cfa_op, cfa_param = CFA_DEREF_FP, deref
+        else:
+            return _INVALID_RULE
+    elif reg == arch.sp:
+        cfa_op, cfa_param = CFA_SP, offset
+    elif reg == arch.fp:
+        cfa_op, cfa_param = CFA_FP, offset
+    else:
+        return _INVALID_RULE
+
+    if ra is None or ra[0] == SAME_VALUE:
+        ra_offset = arch.default_ra_offset
+    elif ra[0] == OFFSET and ra[1] != 0:
+        ra_offset = int(ra[1])  # type: ignore[call-overload]  # 0: "in the link register"
+    elif ra[0] == REGISTER and ra[1] == arch.ra_register:
+        ra_offset = 0  # in the register the unwinder holds as the top frame's LR
+    else:
+        return _INVALID_RULE
+
+    fp_offset = 0
+    if fp is not None and fp[0] == OFFSET:
+        if fp[1] == 0:
+            return _INVALID_RULE  # would read as "not saved"
+        fp_offset = int(fp[1])  # type: ignore[call-overload]
+    elif fp is not None and fp[0] == EXPRESSION and cfa_op == CFA_DEREF_FP:
+        at = _match_breg(fp[1], arch.fp)  # type: ignore[arg-type]  # DRAP: FP + N
+        if at is None:
+            return _INVALID_RULE
+        fp_offset, aux = at, FP_AT_FP
+    return _make_rule(cfa_op, cfa_param, fp_offset, ra_offset, aux)
+
+
+class RowOrderError(ValueError):
+    """An FDE whose rows go backwards or start before it (the decoders count it)."""
+
+
+def table_pieces(rows: list[tuple[int, UnwindRule]], start: int,
+                 end: int) -> list[tuple[int, int, UnwindRule]]:
+    """An FDE's (start, end, rule) pieces from its table rows (pc, rule), each row
+    applying up to the next one's pc and the last up to the FDE's end."""
+    pieces = []
+    for i, (pc, rule) in enumerate(rows):
+        next_pc = rows[i + 1][0] if i + 1 < len(rows) else end
+        if pc < start or next_pc < pc:
+            raise RowOrderError(f"row address {pc:#x} out of order")
+        next_pc = min(next_pc, end)
+        if pc < next_pc:
+            pieces.append((pc, next_pc, rule))
+    return pieces
 

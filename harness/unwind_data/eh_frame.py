@@ -27,24 +27,23 @@ from ..core import elf
 from ..core.elf import Ehdr, Shdr
 from .deltas import (
     _ARCHES_BY_NUMBER,
+    EXPRESSION,
+    OFFSET,
+    REGISTER,
+    SAME_VALUE,
+    UNDEFINED,
+    VAL_EXPRESSION,
+    VAL_OFFSET,
+    RowOrderError,
     _build_deltas,
     _clip,
     _Coverage,
     _is_code,
-    _make_rule,
-    _match_breg,
-    _match_deref_fp,
-    _match_plt_expression,
+    row_rule,
+    table_pieces,
 )
 from .model import (
-    _INVALID_RULE,
     _SIGNAL_RULE,
-    _STOP_RULE,
-    CFA_DEREF_FP,
-    CFA_FP,
-    CFA_PLT,
-    CFA_SP,
-    FP_AT_FP,
     FRAME_POINTER_RULE,
     MAX_CFI_ENTRIES,
     ModuleUnwindData,
@@ -59,8 +58,6 @@ _PF_X = 1
 _SHT_NOBITS = 8
 _SHF_COMPRESSED = 0x800
 
-# Register rule kinds (pyelftools' RegisterRule names, as cfi.py reads them).
-UNDEFINED, SAME_VALUE, OFFSET, VAL_OFFSET, REGISTER, EXPRESSION, VAL_EXPRESSION = range(7)
 
 
 class Unsupported(Exception):
@@ -417,8 +414,7 @@ def extract(path: str | os.PathLike[str]) -> ModuleUnwindData | None:
                         continue
                     fde_ranges.append((start, end))
                     try:
-                        pieces = _fde_pieces(cie, start, end, program, arch,
-                                             _match_plt_expression)
+                        pieces = _fde_pieces(cie, start, end, program, arch)
                     except BadEntry:
                         stats[1] += 1
                         continue
@@ -456,8 +452,8 @@ def _elf_layout(mm: mmap.mmap) -> tuple[dict[str, Shdr], list[tuple[int, int]], 
     return wanted, code, ehdr.machine
 
 
-def _fde_pieces(cie: _Cie, start: int, end: int, program: bytes, arch: Any,
-                match_plt: Any) -> list[tuple[int, int, UnwindRule]]:
+def _fde_pieces(cie: _Cie, start: int, end: int, program: bytes,
+                arch: Any) -> list[tuple[int, int, UnwindRule]]:
     """(start, end, rule) pieces of one FDE, as cfi.py's _fde_segments."""
     if cie.signal:
         return [(start, end, _SIGNAL_RULE)]
@@ -469,61 +465,13 @@ def _fde_pieces(cie: _Cie, start: int, end: int, program: bytes, arch: Any,
         table.append(line)
     if not table:
         raise BadEntry("no CFA rule")
-    pieces = []
     ra_reg = cie.ra_reg
-    for i, row in enumerate(table):
-        pc = row["pc"]
-        next_pc = table[i + 1]["pc"] if i + 1 < len(table) else end
-        if pc < start or next_pc < pc:
-            raise BadEntry(f"row address {pc:#x} out of order")
-        next_pc = min(next_pc, end)
-        if pc < next_pc:
-            pieces.append((pc, next_pc, _rule(row, arch, ra_reg, match_plt)))
-    return pieces
-
-
-def _rule(row: dict[Any, Any], arch: Any, ra_reg: int, match_plt: Any) -> UnwindRule:
-    """cfi.py's _row_rule over this decoder's rows."""
-    ra = row.get(ra_reg)
-    if ra is not None and ra[0] == UNDEFINED:
-        return _STOP_RULE
-    reg, offset, expr = row["cfa"]
-    aux = 0
-    if expr is not None:
-        plt = match_plt(list(expr)) if arch.plt_expressions else None
-        deref = _match_deref_fp(expr, arch.fp) if plt is None else None
-        if plt is not None:
-            cfa_op, (cfa_param, aux) = CFA_PLT, plt
-        elif deref is not None:
-            cfa_op, cfa_param = CFA_DEREF_FP, deref
-        else:
-            return _INVALID_RULE
-    elif reg == arch.sp:
-        cfa_op, cfa_param = CFA_SP, offset
-    elif reg == arch.fp:
-        cfa_op, cfa_param = CFA_FP, offset
-    else:
-        return _INVALID_RULE
-    if ra is None or ra[0] == SAME_VALUE:
-        ra_offset = arch.default_ra_offset
-    elif ra[0] == OFFSET and ra[1] != 0:
-        ra_offset = ra[1]
-    elif ra[0] == REGISTER and ra[1] == arch.ra_register:
-        ra_offset = 0  # in the register the unwinder holds as the top frame's LR
-    else:
-        return _INVALID_RULE
-    fp = row.get(arch.fp)
-    fp_offset = 0
-    if fp is not None and fp[0] == OFFSET:
-        if fp[1] == 0:
-            return _INVALID_RULE
-        fp_offset = fp[1]
-    elif fp is not None and fp[0] == EXPRESSION and cfa_op == CFA_DEREF_FP:
-        at = _match_breg(fp[1], arch.fp)  # DRAP: the caller's FP is at FP + N
-        if at is None:
-            return _INVALID_RULE
-        fp_offset, aux = at, FP_AT_FP
-    return _make_rule(cfa_op, cfa_param, fp_offset, ra_offset, aux)
+    rows = [(row["pc"], row_rule(row["cfa"], row.get(ra_reg), row.get(arch.fp), arch))
+            for row in table]
+    try:
+        return table_pieces(rows, start, end)
+    except RowOrderError as e:
+        raise BadEntry(str(e)) from None
 
 
 __all__ = ["FRAME_POINTER_RULE", "extract"]
