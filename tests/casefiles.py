@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from harness.cases.case_file import TestCase, load_case
@@ -16,3 +19,13 @@ def bundled_case(name: str, arch: str = "amd64") -> TestCase:
     if not path.exists():
         pytest.skip(f"bundled case {path} is missing")
     return load_case(path)
+
+
+def copy_case(tmp_path: Path, name: str, arch: str = "amd64") -> Path:
+    """A writable copy of a bundled case in tmp_path/testdata, its blobs linked."""
+    dest = tmp_path / "testdata" / arch / f"{name}.json"
+    dest.parent.mkdir(parents=True)
+    shutil.copy(TESTDATA / arch / f"{name}.json", dest)
+    (tmp_path / "testdata" / "blobs").symlink_to(TESTDATA / "blobs")
+    return dest
+

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,9 @@ import pytest
 from harness.cases.selection import resolve_case, resolve_one
 from harness.cli import main
 from harness.errors import CaseError
-from harness.paths import REPO_ROOT, TESTDATA
+from harness.paths import TESTDATA
 from harness.record.gdb_oracle import gdb_available
+from tests.casefiles import copy_case
 
 
 def test_names_resolve_exactly() -> None:
@@ -58,19 +58,11 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows["amd64/recurse"][1] == "226" and re.fullmatch(r"\d+ KB", rows["amd64/recurse"][3])
 
 
-def _copy(tmp_path: Path, name: str) -> Path:
-    dest = tmp_path / "testdata" / "amd64" / f"{name}.json"
-    dest.parent.mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "testdata" / "amd64" / f"{name}.json", dest)
-    (tmp_path / "testdata" / "blobs").symlink_to(REPO_ROOT / "testdata" / "blobs")
-    return dest
-
-
 @pytest.mark.gdb
 def test_rebase_rechecks_gdb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if gdb_available() is None:
         pytest.skip("gdb with Python support is not installed (apt-get install gdb)")
-    path = _copy(tmp_path, "chain.O2.nofp")
+    path = copy_case(tmp_path, "chain.O2.nofp")
     doc = json.loads(path.read_text())
     good = list(doc["threads"][0]["frames"])
     # The "unwinder change" to rebase onto: a fault at frame 0's return address

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,10 @@ import pytest
 from harness.cases.case_file import GdbWaiver, ThreadFrames, load_case, parse_case
 from harness.cli import main
 from harness.errors import CaseError, HarnessError
-from harness.paths import REPO_ROOT
 from harness.record import new
 from harness.record.gdb_oracle import gdb_available
 from harness.record.verify import judge, verify_case
+from tests.casefiles import copy_case
 
 CORE_REF = "0" * 64
 GDB = {1: ["a+0x1", "b+0x2", "c+0x3", "d+0x4"], 2: ["e+0x5", "f+0x6", "g+0x7"]}
@@ -77,14 +76,6 @@ def test_case_file_waivers_round_trip_and_the_old_string_is_refused(tmp_path: Pa
         parse_case({**doc, "gdb-differences": [{**waiver, "frame": -1}]}, tmp_path / "x.json")
 
 
-def _copy_case(tmp_path: Path, name: str) -> Path:
-    dest = tmp_path / "testdata" / "amd64" / f"{name}.json"
-    dest.parent.mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "testdata" / "amd64" / f"{name}.json", dest)
-    (tmp_path / "testdata" / "blobs").symlink_to(REPO_ROOT / "testdata" / "blobs")
-    return dest
-
-
 @pytest.mark.gdb
 def test_verify_fails_on_an_unexplained_frame_in_another_thread(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,7 +83,7 @@ def test_verify_fails_on_an_unexplained_frame_in_another_thread(
     unrelated frame of another thread changes; verify and the suite's test fail."""
     if gdb_available() is None:
         pytest.skip("gdb with Python support is not installed (apt-get install gdb)")
-    path = _copy_case(tmp_path, "threads")
+    path = copy_case(tmp_path, "threads")
     doc = json.loads(path.read_text())
     first, second = doc["threads"][0], doc["threads"][1]
     first["frames"][1] = "threads+0x1"
@@ -116,7 +107,7 @@ def test_verify_fails_on_an_unexplained_frame_in_another_thread(
 
 
 def test_a_taken_name_fails_before_gcore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _copy_case(tmp_path, "chain.O2.nofp")
+    path = copy_case(tmp_path, "chain.O2.nofp")
 
     def no_gcore(*_: object) -> Path:
         raise AssertionError("gcore ran although the name is taken")

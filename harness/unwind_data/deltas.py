@@ -161,15 +161,19 @@ _DW_OP_BREG0 = 0x70
 _DW_OP_DEREF = 0x06
 
 
-def _sleb_exact(code: bytes, pos: int) -> tuple[int, int] | None:
+def read_leb128(data: bytes, pos: int, signed: bool) -> tuple[int, int] | None:
+    """(value, position after it) of the (U|S)LEB128 at data[pos]; None if it runs
+    past the end."""
     result = shift = 0
-    while pos < len(code):
-        byte = code[pos]
+    while pos < len(data):
+        byte = data[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
         shift += 7
         if byte < 0x80:
-            return (result - (1 << shift) if byte & 0x40 else result), pos
+            if signed and byte & 0x40:
+                result -= 1 << shift
+            return result, pos
     return None
 
 
@@ -178,7 +182,7 @@ def _match_breg(expr: list[int] | bytes, reg: int) -> int | None:
     code = bytes(expr)
     if not code or code[0] != _DW_OP_BREG0 + reg or reg > 31:
         return None
-    found = _sleb_exact(code, 1)
+    found = read_leb128(code, 1, signed=True)
     return found[0] if found is not None and found[1] == len(code) else None
 
 

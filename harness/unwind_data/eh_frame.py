@@ -39,6 +39,7 @@ from .deltas import (
     _clip,
     _Coverage,
     _is_code,
+    read_leb128,
     row_rule,
     table_pieces,
 )
@@ -68,32 +69,19 @@ class BadEntry(Exception):
     """One CIE or FDE that cannot be decoded (counted in fde_errors, as cfi.py does)."""
 
 
+def _leb(data: bytes, pos: int, signed: bool) -> tuple[int, int]:
+    found = read_leb128(data, pos, signed)
+    if found is None:
+        raise BadEntry("LEB128 runs past the entry")
+    return found
+
+
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise BadEntry("LEB128 runs past the entry")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return result, pos
+    return _leb(data, pos, signed=False)
 
 
 def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise BadEntry("LEB128 runs past the entry")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if byte & 0x40:
-                result -= 1 << shift
-            return result, pos
+    return _leb(data, pos, signed=True)
 
 
 # DW_EH_PE pointer encodings: the value format (low nibble) and how it is applied.
