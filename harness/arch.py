@@ -11,6 +11,7 @@ BPF context structs) map from these names.
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import HarnessError
@@ -37,6 +38,9 @@ class Arch:
     entry_ra_offset: int  # where a function finds its return address at entry: at
     #                       CFA + this (amd64's `call` pushed it), 0 = in the link register
     address_mask: int  # bits of a user code address (arm64: 48-bit VA, PAC above)
+    # The instructions of a signal-return trampoline (rt_sigreturn): how code without
+    # CFI, e.g. qemu-user's trampoline page or musl's restorer, is recognised.
+    sigreturn: tuple[bytes, ...] = ()
 
 
 # struct user_regs_struct (arch/x86/include/asm/user_64.h)
@@ -52,11 +56,14 @@ ARCHES: dict[str, Arch] = {
     AMD64: Arch(AMD64, elf_machine=62, elf_machine_name="EM_X86_64",
                 uname=("x86_64", "amd64"), target_macro="TARGET_ARCH_X86_64",
                 core_regs=_AMD64_REGS, pc="rip", sp="rsp", fp="rbp", lr=None,
-                dwarf_sp=7, dwarf_fp=6, entry_ra_offset=-8, address_mask=U64_MASK),
+                dwarf_sp=7, dwarf_fp=6, entry_ra_offset=-8, address_mask=U64_MASK,
+                sigreturn=(bytes.fromhex("48c7c00f000000 0f05"),  # mov $15,%rax; syscall
+                           bytes.fromhex("b80f000000 0f05"))),     # mov $15,%eax; syscall
     ARM64: Arch(ARM64, elf_machine=183, elf_machine_name="EM_AARCH64",
                 uname=("aarch64", "arm64"), target_macro="TARGET_ARCH_ARM64",
                 core_regs=_ARM64_REGS, pc="pc", sp="sp", fp="x29", lr="x30",
-                dwarf_sp=31, dwarf_fp=29, entry_ra_offset=0, address_mask=(1 << 48) - 1),
+                dwarf_sp=31, dwarf_fp=29, entry_ra_offset=0, address_mask=(1 << 48) - 1,
+                sigreturn=(bytes.fromhex("681180d2 010000d4"),)),  # mov x8,#139; svc #0
 }
 ARCH_NAMES = tuple(ARCHES)
 
@@ -77,6 +84,17 @@ def arch_of_machine(e_machine: int) -> Arch | None:
 def supported_machines() -> str:
     """For messages: 'EM_X86_64=62, EM_AARCH64=183'."""
     return ", ".join(f"{a.elf_machine_name}={a.elf_machine}" for a in ARCHES.values())
+
+
+def sigreturn_offsets(data: bytes, arch: str) -> Iterator[tuple[int, int]]:
+    """[start, end) offsets of each signal-return trampoline in data (Arch.sigreturn).
+    Alignment is not checked: an 8-byte match elsewhere in code is not a concern, and
+    the anonymous-code module (core/anon_code.py) shifts the page by one byte."""
+    for pattern in ARCHES[arch].sigreturn:
+        pos = data.find(pattern)
+        while pos >= 0:
+            yield pos, pos + len(pattern)
+            pos = data.find(pattern, pos + 1)
 
 
 def host_arch() -> str | None:

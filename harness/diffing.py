@@ -11,6 +11,7 @@ lookup of core/symbols.py) adds text beside a frame for display only.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +19,12 @@ from dataclasses import dataclass
 
 from .core.module import Module
 from .core.symbols import SymbolTable, module_symbols
+from .paths import cache_root
+from .unwind_data import module_unwind_data
+
+# Beside a frame whose rule came from its instructions, not from CFI
+# (unwind_data/synthesize.py): the frame above it was found by that rule.
+SYNTHESIZED_MARK = "[synthesized rule]"
 
 __all__ = ["Hunk", "hunks", "frame_diff", "frame_annotator", "annotated"]
 
@@ -115,9 +122,19 @@ def frame_annotator(modules: Iterable[Module]) -> Annotate:
         table = tables.get(module.name)
         if table is None:
             table = tables[module.name] = module_symbols(module)
-        return table.lookup(int(found["addr"], 16))
+        addr = int(found["addr"], 16)
+        name = table.lookup(addr)
+        if _synthesized_at(module, addr):
+            return f"{name}  {SYNTHESIZED_MARK}" if name else SYNTHESIZED_MARK
+        return name
 
     return annotate
+
+
+def _synthesized_at(module: Module, addr: int) -> bool:
+    ranges = module_unwind_data(module.local_path, module.content_id, cache_root()).synthesized
+    i = bisect.bisect_right(ranges, (addr, 1 << 64)) - 1
+    return i >= 0 and ranges[i][0] <= addr < ranges[i][1]
 
 
 def annotated(frame: str, annotate: Annotate | None, width: int = 36) -> str:

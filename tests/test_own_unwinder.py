@@ -47,7 +47,13 @@ def _fp_traces(case_path: Path) -> list[tuple[list[str], list[str]]]:
         process.close()
 
 
-FP_CASES = [p for p in find_cases(TESTDATA) if "nofp" not in p.stem]
+# Not for a frame-pointer walk: programs built without frame pointers (nofp, and
+# musl, built with -fomit-frame-pointer), and handlers interrupting a thread
+# mid-function (sighandler), whose signal frame record holds the interrupted
+# code's link register, stale there, instead of its pc.
+FP_CASES = [p for p in find_cases(TESTDATA)
+            if "nofp" not in p.stem and not p.stem.startswith("musl.")
+            and "sighandler" not in p.stem]
 
 
 def test_the_walker_is_described_by_its_own_debug_info() -> None:

@@ -472,8 +472,9 @@ def test_lazy_plt(workdir: Path) -> None:
 
 
 @needs_gcc
-def test_gap_gets_frame_pointer_rule(workdir: Path) -> None:
-    """A function compiled without unwind tables sits between two with CFI."""
+def test_gap_gets_synthesized_rules(workdir: Path) -> None:
+    """A function compiled without unwind tables sits between two with CFI: its rules
+    come from its instructions (synthesize.py), the frame-pointer rule only around it."""
     before = write(
         workdir,
         "before.c",
@@ -495,7 +496,13 @@ def test_gap_gets_frame_pointer_rule(workdir: Path) -> None:
     data = extract_unwind_data(exe)
     assert_well_formed(data)
     addr, size = require_symbol(exe, "nocfi")
-    assert rules_in(data, addr, addr + size) == [FRAME_POINTER_RULE]
+    assert any(lo <= addr < hi for lo, hi in data.synthesized)
+    # -O0: push %rbp; mov %rsp,%rbp; ... pop %rbp; ret
+    assert rules_in(data, addr, addr + size) == [
+        UnwindRule(CFA_SP, 8, ra_offset=-8),
+        UnwindRule(CFA_SP, 16, fp_offset=-16, ra_offset=-8),
+        UnwindRule(CFA_SP, 8, ra_offset=-8),
+    ]
     for covered in ("before", "after"):
         assert rule_at(data, require_symbol(exe, covered)[0]) == UnwindRule(CFA_SP, 8, ra_offset=-8)
     # the gap after the last FDE in the table: the final FP entry starts there
@@ -699,7 +706,11 @@ def test_module_without_cfi(workdir: Path) -> None:
         "-static",
     )
     data = extract_unwind_data(exe)
-    assert data.deltas == [] and data.sources == [] and data.fde_count == 0
+    assert data.sources == [] and data.fde_count == 0
+    # No CFI at all: every rule is synthesized from the instructions.
+    start, _ = require_symbol(exe, "_start")
+    assert [lo for lo, _ in data.synthesized] == [start]
+    assert rule_at(data, start) == UnwindRule(CFA_SP, 8, ra_offset=-8)
 
 
 def test_coverage_first_claim_wins() -> None:
@@ -856,7 +867,8 @@ def test_compressed_debug_frame_falls_back_to_pyelftools(workdir: Path) -> None:
     fast, slow = _both(packed)
     assert fast is None
     assert ".debug_frame" in slow.sources and slow.fde_count > 0
-    assert extract_unwind_data(packed).deltas == slow.deltas == _both(exe)[1].deltas
+    assert slow.deltas == _both(exe)[1].deltas
+    assert extract_unwind_data(packed).deltas == extract_unwind_data(exe).deltas
 
 
 @needs_gcc

@@ -50,7 +50,18 @@ build deep     "$CC"  deep.c     -O1
 build vfork    "$CC"  vfork.c    -O2
 build garbage  "$CC"  garbage.c  -O2 -fno-omit-frame-pointer
 build deep.limit "$CC" deep.c    -O1 -DDEPTH=6000
+build sighandler "$CC" sighandler.c -O2 -pthread
 # x86_64 only: arm64's ABI keeps the stack 16-byte aligned, so GCC never needs a DRAP there.
 if "$CC" -dumpmachine | grep -q '^x86_64'; then
     build realign "$CC" realign.c -O2 -mincoming-stack-boundary=3
+fi
+# musl is built without unwind tables: its libc is code without CFI (x86_64 only here).
+if "$CC" -dumpmachine | grep -q '^x86_64'; then
+    if command -v musl-gcc >/dev/null; then
+        build threads.musl        musl-gcc threads.c    -O2 -pthread
+        build threads.musl.static musl-gcc threads.c    -O2 -pthread -static
+        build sighandler.musl     musl-gcc sighandler.c -O2 -pthread
+    else
+        echo "build.sh: no musl-gcc: skipping the musl programs (apt-get install musl-tools)" >&2
+    fi
 fi

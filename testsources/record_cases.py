@@ -57,6 +57,10 @@ CASES = [
     ("vfork", "vfork", "kernel"),  # the parent, in vfork(): a fatal signal ends its wait
     ("vfork.child", "vfork", "gcore-child"),   # the child, on the parent's stack
     ("garbage", "garbage", "gcore"),
+    ("sighandler", "sighandler", "gcore"),
+    ("musl.threads", "threads.musl", "gcore"),
+    ("musl.static", "threads.musl.static", "gcore"),
+    ("musl.sighandler", "sighandler.musl", "gcore"),
 ]
 
 # Differences from gdb that a case explains (per frame, as `new -gdb-differences`).
@@ -64,6 +68,22 @@ GDB_DIFFERENCES = {
     "garbage": "the return address above smash was overwritten with 0x4141414141414141: the "
                "unwinder ends there with native_pc_not_mapped; gdb goes on to print the "
                "overwritten words as hundreds of frames outside any module",
+    "musl.threads": "musl's libc.so has no CFI and only .dynsym: gdb's prologue analysis of "
+                    "the local function __syscall_cp_c (frame #1) takes a stack word for "
+                    "its caller (an address in a thread stack, then -1) and stops; the "
+                    "unwinder follows rules synthesized from libc's instructions (marked "
+                    "[synthesized rule] by analyze, checked by validate-deltas) through "
+                    "the pthread, time and I/O wrappers to main/_start and __clone",
+    "musl.static": "musl has no CFI: gdb's prologue analysis of __syscall_cp_c (frame #1) "
+                   "ends at a return address of -1; the unwinder's rules synthesized from "
+                   "the instructions reach main/_start_c and __clone (where musl zeroes "
+                   "%rbp: the outermost frame), and the spinning thread ends at __clone "
+                   "where gdb reads one more word past it (builtin_tls)",
+    "musl.sighandler": "musl's libc.so has no CFI and only .dynsym: gdb stops two frames "
+                       "into libc (a stack word, then -1) as in musl.threads; the "
+                       "unwinder's synthesized rules go on, and musl's __restore_rt "
+                       "(no CFI either) is recognised by its instructions "
+                       "(mov $15,%rax; syscall) as the signal frame",
     "deep.limit": "a trace holds MAX_FRAMES (4,096) frames: at the limit the unwinder ends "
                   "it with the explicit native_max_frames error frame, where gdb goes on to "
                   "main and _start",
@@ -88,6 +108,7 @@ ARM64_CASES = [
     ("cxx", "cxx", None),
     ("static", "static", None),
     ("deep", "deep", None),
+    ("sighandler", "sighandler", None),  # qemu's sigreturn trampoline: anonymous memory
 ]
 
 

@@ -31,7 +31,7 @@ from ..core.symbols import function_symbols
 from ..errors import HarnessError
 from ..files import atomic_path, sha256_file
 from ..paths import cache_root
-from ..unwind_data import module_unwind_data
+from ..unwind_data import FORMAT_VERSION, module_unwind_data
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class Section:
 
 @dataclass(frozen=True)
 class Function:
-    """[start, end) in ELF virtual addresses; source is "fde" or "symbol"."""
+    """[start, end) in ELF virtual addresses; source is "fde", "synthesized" (rules
+    derived from its instructions) or "symbol"."""
 
     start: int
     end: int
@@ -82,7 +83,8 @@ def code_index(module: Module) -> CodeIndex:
     libc's symbols and FDEs costs tens of milliseconds a process otherwise)."""
     index = _INDEXES.get(module.content_id)
     if index is None:
-        path = cache_root() / "code" / f"{module.content_id}.v{_INDEX_VERSION}.json"
+        path = (cache_root() / "code"
+                / f"{module.content_id}.v{_INDEX_VERSION}.{FORMAT_VERSION}.json")
         index = _read_index(path)
         if index is None:
             index = _IndexBuilder(module).build()
@@ -175,16 +177,20 @@ class _IndexBuilder:
 
     def _functions(self, symbols: dict[int, tuple[str, int]]) -> list[Function]:
         module = self.module
-        fde_ranges = module_unwind_data(module.local_path, module.content_id,
-                                        cache_root()).fde_ranges
+        data = module_unwind_data(module.local_path, module.content_id, cache_root())
         claimed: list[tuple[int, int]] = []
         functions: list[Function] = []
-        for start, end in fde_ranges:  # over code only; tombstones are dropped
+        for start, end in data.fde_ranges:  # over code only; tombstones are dropped
             if _overlaps(claimed, start, end):
                 continue  # first FDE wins, as in unwind_data
             bisect.insort(claimed, (start, end))
             name = symbols.get(start, (f"fde@{start:#x}", 0))[0]
             functions.append(Function(start, end, name, "fde"))
+        for start, end in data.synthesized:  # rules from the instructions: same checks
+            if not _overlaps(claimed, start, end):
+                bisect.insort(claimed, (start, end))
+                name = symbols.get(start, (f"code@{start:#x}", 0))[0]
+                functions.append(Function(start, end, name, "synthesized"))
         for start, (name, size) in symbols.items():
             if size and not _overlaps(claimed, start, start + size):
                 bisect.insort(claimed, (start, start + size))

@@ -54,6 +54,9 @@ FP_MARKER = STACK_BASE + STACK_SIZE - 0x40  # the caller's frame pointer (in its
 SCRATCH = 0x1000_0000_0000  # argument registers point into zero-filled scratch memory
 USER_LIMIT = 1 << 47
 ENOSYS = 38
+# Functions whose rules are meant to be exact: from an FDE or synthesized from the
+# instructions (the rest run under the frame-pointer fallback).
+_RULE_SOURCES = ("fde", "synthesized")
 
 
 class ModuleMemory:
@@ -244,7 +247,7 @@ class DeltaChecker:
         rule = self.rules.rule_at(addr)
         if rule.cfa_op == CFA_STOP:
             return "outermost"
-        if function.source != "fde" or rule.cfa_op in (CFA_INVALID, CFA_SIGNAL):
+        if function.source not in _RULE_SOURCES or rule.cfa_op in (CFA_INVALID, CFA_SIGNAL):
             return None  # no CFI to judge by: start it; CFA_SIGNAL is counted per step
         if function.start in self.code.symbols and not function.name.startswith("fde@"):
             return None  # a named function: its first instruction is an entry
@@ -348,7 +351,8 @@ class DeltaChecker:
             code = self.emu.read(addr, min(size, 15)) or b""
             insn = next(self._md.disasm(code, addr, 1), None)
             is_call = insn is not None and insn.group(capstone.CS_GRP_CALL)
-            step = _Step(self.rules.rule_at(addr), function is None or function.source != "fde",
+            step = _Step(self.rules.rule_at(addr),
+                         function is None or function.source not in _RULE_SOURCES,
                          is_call, function, insn.size if insn is not None else 0)
             if is_call and insn is not None:
                 step.noreturn = self._noreturn_callee(insn)

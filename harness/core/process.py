@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from . import linkmap
+from . import anon_code, linkmap
 from .elfcore import AT_BASE, AT_ENTRY, CoreFile, FileMapping, ThreadState
 from .module import LoadSegment, Module
 from .vdso import vdso_module
@@ -63,6 +63,7 @@ class Process:
         else:
             self._set_mappings(self.mappings)
         self._add_vdso()
+        self._add_trampolines()
 
     def _add_vdso(self) -> None:
         found = vdso_module(self.core)
@@ -76,6 +77,22 @@ class Process:
         end = addr + max(page, (size + page - 1) // page * page)
         self.memory_modules.append(module)
         self._set_mappings([*self.mappings, Mapping(addr, end, 0, module.path, module, load)])
+
+    def _add_trampolines(self) -> None:
+        """Signal trampolines on anonymous executable pages (core/anon_code.py): each
+        a module mapped from one byte before its page."""
+        def covered(page: int) -> bool:
+            mapping = self.mapping_at(page)
+            return mapping is not None and mapping.module is not None
+
+        added = []
+        for page, code in anon_code.trampoline_pages(self.core, covered):
+            module = anon_code.trampoline_module(self.core, page, code)
+            self.memory_modules.append(module)
+            added.append(Mapping(page - 1, page + len(code), anon_code.FILE_OFFSET, module.path,
+                                 module, module.load_for_offset(anon_code.FILE_OFFSET)))
+        if added:
+            self._set_mappings([*self.mappings, *added])
 
     def all_modules(self) -> list[Module]:
         """File modules and memory modules: everything a frame can be in."""

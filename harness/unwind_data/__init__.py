@@ -55,28 +55,30 @@ log = logging.getLogger(__name__)
 
 
 def extract_unwind_data(path: str | os.PathLike[str]) -> ModuleUnwindData:
-    """Decode all CFI of an ELF file into stack deltas (no caching).
+    """Decode all CFI of an ELF file into stack deltas (no caching), then
+    synthesize rules for the code no FDE covers (synthesize.py).
 
     The direct decoder (eh_frame.py, about ten times faster) handles what
     toolchains emit; anything it does not read goes to the pyelftools decoder
     (cfi.py), which is imported only then and also reports broken files."""
     from .eh_frame import extract
+    from .synthesize import synthesize
 
     data = extract(path)
-    if data is not None:
-        return data
-    from .cfi import extract_unwind_data as decode_with_pyelftools
+    if data is None:
+        from .cfi import extract_unwind_data as decode_with_pyelftools
 
-    return decode_with_pyelftools(path)
+        data = decode_with_pyelftools(path)
+    return synthesize(path, data)
 
 
 # Layout (little-endian): header, meta (content id and source names, "\n"-separated),
 # n_rules x 5 int32 (cfa_op, cfa_param, fp_offset, ra_offset, aux), n_deltas uint64
-# vaddrs, n_deltas uint32 rule indices, n_fdes x 2 uint64 FDE ranges, then a CRC32
-# of everything before it.
+# vaddrs, n_deltas uint32 rule indices, n_fdes x 2 uint64 FDE ranges, n_synth x 2
+# uint64 synthesized ranges, then a CRC32 of everything before it.
 _MAGIC = b"UNWDELTA"
-_HEADER = struct.Struct("<8sHHIIIIII")  # magic, version, machine, fde_count, fde_errors,
-#                                          n_rules, n_deltas, n_fdes, meta_len
+_HEADER = struct.Struct("<8sHHIIIIIII")  # magic, version, machine, fde_count, fde_errors,
+#                                           n_rules, n_deltas, n_fdes, n_synth, meta_len
 _RULE = struct.Struct("<5i")
 _CRC = struct.Struct("<I")
 _MACHINES = [AMD64, ARM64]  # the header stores the index: append only
@@ -130,10 +132,12 @@ def _encode_cache(data: ModuleUnwindData, content_id: str) -> bytes:
     indices = array("I", (rule_index.setdefault(r, len(rule_index)) for _, r in data.deltas))
     vaddrs = array("Q", (addr for addr, _ in data.deltas))
     ranges = array("Q", (bound for fde in data.fde_ranges for bound in fde))
+    synthesized = array("Q", (bound for piece in data.synthesized for bound in piece))
     if sys.byteorder == "big":
         indices.byteswap()
         vaddrs.byteswap()
         ranges.byteswap()
+        synthesized.byteswap()
     meta = "\n".join([content_id, *data.sources]).encode()
     parts = [
         _HEADER.pack(
@@ -145,6 +149,7 @@ def _encode_cache(data: ModuleUnwindData, content_id: str) -> bytes:
             len(rule_index),
             len(data.deltas),
             len(data.fde_ranges),
+            len(data.synthesized),
             len(meta),
         ),
         meta,
@@ -154,6 +159,7 @@ def _encode_cache(data: ModuleUnwindData, content_id: str) -> bytes:
         vaddrs.tobytes(),
         indices.tobytes(),
         ranges.tobytes(),
+        synthesized.tobytes(),
     ]
     body = b"".join(parts)
     return body + _CRC.pack(zlib.crc32(body))
@@ -163,11 +169,10 @@ def _decode_cache(blob: bytes, content_id: str) -> ModuleUnwindData | None:
     """Parse a cache file; None if it is in any way not what we wrote."""
     if len(blob) < _HEADER.size + _CRC.size:
         return None
-    magic, version, machine, fde_count, fde_errors, n_rules, n_deltas, n_fdes, meta_len = (
-        _HEADER.unpack_from(blob)
-    )
-    expected = (_HEADER.size + meta_len + n_rules * _RULE.size + n_deltas * 12 + n_fdes * 16
-                + _CRC.size)
+    (magic, version, machine, fde_count, fde_errors, n_rules, n_deltas, n_fdes, n_synth,
+     meta_len) = _HEADER.unpack_from(blob)
+    expected = (_HEADER.size + meta_len + n_rules * _RULE.size + n_deltas * 12
+                + (n_fdes + n_synth) * 16 + _CRC.size)
     if magic != _MAGIC or version != FORMAT_VERSION or len(blob) != expected:
         return None
     body = memoryview(blob)[: -_CRC.size]
@@ -183,16 +188,17 @@ def _decode_cache(blob: bytes, content_id: str) -> ModuleUnwindData | None:
     pos += meta_len
     rules_end = pos + n_rules * _RULE.size
     rules = [UnwindRule(*fields) for fields in _RULE.iter_unpack(body[pos:rules_end])]
-    vaddrs, indices, ranges = array("Q"), array("I"), array("Q")
+    vaddrs, indices, ranges, synthesized = array("Q"), array("I"), array("Q"), array("Q")
     indices_start = rules_end + n_deltas * 8
     ranges_start = indices_start + n_deltas * 4
+    synth_start = ranges_start + n_fdes * 16
     vaddrs.frombytes(body[rules_end:indices_start])
     indices.frombytes(body[indices_start:ranges_start])
-    ranges.frombytes(body[ranges_start:])
+    ranges.frombytes(body[ranges_start:synth_start])
+    synthesized.frombytes(body[synth_start:])
     if sys.byteorder == "big":
-        vaddrs.byteswap()
-        indices.byteswap()
-        ranges.byteswap()
+        for table in (vaddrs, indices, ranges, synthesized):
+            table.byteswap()
     if any(r.cfa_op not in _CFA_OPS for r in rules) or (indices and max(indices) >= n_rules):
         return None
     return ModuleUnwindData(
@@ -202,6 +208,7 @@ def _decode_cache(blob: bytes, content_id: str) -> ModuleUnwindData | None:
         fde_errors=fde_errors,
         sources=sources,
         fde_ranges=list(zip(ranges[::2], ranges[1::2], strict=True)),
+        synthesized=list(zip(synthesized[::2], synthesized[1::2], strict=True)),
     )
 
 

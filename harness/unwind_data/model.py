@@ -31,7 +31,7 @@ def plt_pushed_bytes(pc: int, aux: int) -> int:
 
 # Bump whenever extraction semantics or the cache layout change: old files are then
 # simply never looked at again (the version is part of the file name).
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # CIEs, FDEs and terminators walked in one section: a real libc has ~3,000, the
 # largest binaries some 10^6; a section of zero terminators must not spin for minutes.
 MAX_CFI_ENTRIES = 1 << 22
@@ -73,5 +73,8 @@ class ModuleUnwindData:
     # [start, end) of every FDE over code, in section order (.eh_frame first): the
     # function bounds of the instruction-level tools (harness/check/code.py)
     fde_ranges: list[tuple[int, int]] = field(default_factory=list)
+    # [start, end) of the code whose rules were synthesized from its instructions
+    # (synthesize.py): functions without an FDE, and signal trampolines
+    synthesized: list[tuple[int, int]] = field(default_factory=list)
 
 
