@@ -359,12 +359,18 @@ def _x86_pieces(data: bytes, vaddr: int, sized: dict[int, int],
                 state, hi = jump, min(hi, owner + sized[owner])
         functions.append((insn.addr, walker.walk(insn.addr, state, insn.addr, hi)))
     pieces: list[tuple[int, int, UnwindRule]] = []
+    rule_of: dict[_State, UnwindRule | None] = {}  # one rule object per distinct state
     for insn in insns:
         known = walker.states.get(insn.addr)
-        rule = known.rule() if known is not None else None
+        if known is None:
+            continue
+        if known in rule_of:
+            rule = rule_of[known]
+        else:
+            rule = rule_of[known] = known.rule()
         if rule is None:
             continue
-        if pieces and pieces[-1][1] == insn.addr and pieces[-1][2] == rule:
+        if pieces and pieces[-1][1] == insn.addr and pieces[-1][2] is rule:
             pieces[-1] = (pieces[-1][0], insn.addr + insn.size, rule)
         else:
             pieces.append((insn.addr, insn.addr + insn.size, rule))
