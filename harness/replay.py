@@ -160,6 +160,20 @@ def compare_threads(expected: list[ThreadFrames], actual: list[ThreadFrames],
     return problems
 
 
+def dropped_reads_problem(process: Process) -> str | None:
+    """What to say when replaying a skinny core read memory it left out (the read
+    faulted, so the trace may differ for that reason alone)."""
+    reads = process.core.dropped_reads
+    if not reads:
+        return None
+    shown = ", ".join(f"{size} bytes at {addr:#x}" for addr, size in reads[:3])
+    more = f" and {len(reads) - 3} more" if len(reads) > 3 else ""
+    return (f"the unwinder read memory that this skinny core left out ({shown}{more}): the "
+            "reads faulted. The unwinder now reads more than when the case was recorded: "
+            "rebuild the skinny core from the full one with `coredump reskinny CASE`, or "
+            "record the case again")
+
+
 def replay_process(case: TestCase, process: Process) -> CaseResult:
     """Unwind an open process of a case and compare it with the case's frames."""
     start = time.perf_counter()
@@ -167,6 +181,9 @@ def replay_process(case: TestCase, process: Process) -> CaseResult:
     actual = thread_frames(result)
     problems = compare_threads(case.threads, actual,
                                frame_annotator(process.all_modules()))
+    dropped = dropped_reads_problem(process)
+    if dropped:
+        problems.append(dropped)
     unused = set(case.fault_addresses) - result.faults_hit
     if unused:
         problems.append("fault-addresses never read (stale entries?): "

@@ -26,8 +26,9 @@ from ..files import atomic_file
 from .blobs import BLOB_ID
 
 NO_MODULE_BUNDLING = "no-module-bundling"
+FULL_REF = "full-ref"
 KNOWN_KEYS = ("coredump-ref", "threads", "modules", "skip", "fault-addresses",
-              "gdb-differences", NO_MODULE_BUNDLING)
+              "gdb-differences", NO_MODULE_BUNDLING, FULL_REF)
 
 
 @dataclass
@@ -74,6 +75,9 @@ class TestCase:
     no_module_bundling: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    # The full core of a case whose coredump-ref is a skinny one (core/skinny.py):
+    # kept in the local full-core store and, once uploaded, in the remote store.
+    full_ref: str | None = None
 
     __test__ = False  # not a pytest class
 
@@ -95,6 +99,8 @@ class TestCase:
             doc["gdb-differences"] = [w.to_json() for w in self.gdb_differences]
         if self.no_module_bundling:
             doc[NO_MODULE_BUNDLING] = True
+        if self.full_ref:
+            doc[FULL_REF] = self.full_ref
         doc.update(self.extra)
         return doc
 
@@ -282,11 +288,14 @@ def parse_case(doc: Any, path: Path) -> TestCase:
     no_bundling = doc.get(NO_MODULE_BUNDLING, False)
     check.require(isinstance(no_bundling, bool), f'"{NO_MODULE_BUNDLING}"',
                   f"must be true or false, got {_short(no_bundling)}")
+    full_ref = doc.get(FULL_REF)
+    if full_ref is not None:
+        full_ref = check.blob_ref(full_ref, f'"{FULL_REF}"')
     extra = {k: v for k, v in doc.items() if k not in KNOWN_KEYS}
     for key, value in extra.items():
         check.depth(value, f'"{key[:80]}"')
     return TestCase(core_ref, threads, modules, skip or None, faults, gdb_diff, no_bundling,
-                    extra, path)
+                    extra, path, full_ref)
 
 
 def _json_int(text: str) -> int:

@@ -56,12 +56,15 @@ def case_blobs(case: TestCase) -> list[str]:
     return [case.coredump_ref, *(m.ref for m in case.modules)]
 
 
-def referenced_blobs(testdata: Path) -> dict[str, list[str]]:
-    """{blob id: names of the cases that use it} over every case under testdata."""
+def referenced_blobs(testdata: Path, full_cores: bool = False) -> dict[str, list[str]]:
+    """{blob id: names of the cases that use it} over every case under testdata;
+    with full_cores, the full-ref of skinny cases too (on the remote they are what
+    `reskinny` starts from)."""
     refs: dict[str, list[str]] = {}
     for path in find_cases(testdata):
         case = load_case(path)
-        for blob_id in case_blobs(case):
+        full = [case.full_ref] if full_cores and case.full_ref else []
+        for blob_id in [*case_blobs(case), *full]:
             refs.setdefault(blob_id, []).append(f"{path.parent.name}/{path.stem}")
     return refs
 
@@ -140,6 +143,11 @@ def blobs_of_cases(case_paths: Iterable[Path]) -> list[str]:
     for path in case_paths:
         ids.extend(case_blobs(load_case(path)))
     return ids
+
+
+def full_cores_of_cases(case_paths: Iterable[Path]) -> list[str]:
+    """The full-ref of each skinny case (the full core behind its skinny one)."""
+    return [ref for path in case_paths if (ref := load_case(path).full_ref)]
 
 
 # ------------------------------------------------------------------------ export

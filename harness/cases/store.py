@@ -217,6 +217,12 @@ class BlobStore:
         return self.blob_path(blob_id).stat().st_size
 
 
+def full_store() -> BlobStore:
+    """Where the full cores of skinny cases live on this machine (never committed;
+    `upload -full` shares them), fetched from the remote store when missing."""
+    return BlobStore(cache_root() / "full-blobs")
+
+
 def store_for(case: TestCase) -> BlobStore:
     """The store beside a case file (testdata/<arch>/x.json -> testdata/blobs)."""
     if case.path is not None:

@@ -25,7 +25,7 @@ from .common import flag
 # others' libraries (unicorn, capstone, libbpf, the gdb oracle) cost more than many
 # whole runs (tests/test_cli.py checks that this table matches the modules).
 COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
-    "record": ("new", "verify", "record-qemu"),
+    "record": ("new", "verify", "record-qemu", "reskinny"),
     "cases": ("analyze", "replay", "rebase", "list"),
     "check": ("validate", "validate-deltas"),
     "debug": ("debug", "gdb"),

@@ -19,6 +19,7 @@ from ..diffing import Annotate, annotated, frame_annotator, hunks
 from ..errors import HarnessError
 from ..paths import TESTDATA
 from ..replay import (
+    dropped_reads_problem,
     iter_threads,
     open_case,
     process_from,
@@ -75,14 +76,22 @@ def _analyze(case: TestCase | None, args: argparse.Namespace) -> None:
             threads = (ThreadFrames(t.lwp, t.frames) for t in iter_threads(process))
         if args.json:
             _print_json_threads(threads)
+            _warn_dropped(process)
             return
         # Symbols need the modules open; the JSON keeps the case-file format.
         sites = _site_texts(process) if args.sites else None
         annotate = frame_annotator(process.all_modules())
         for t in threads:
             print("\n".join(_thread_lines([(t.lwp, t.frames)], sites, annotate)))
+        _warn_dropped(process)
     finally:
         process.close()
+
+
+def _warn_dropped(process: Process) -> None:
+    dropped = dropped_reads_problem(process)
+    if dropped:
+        stderr(f"warning: {dropped}")
 
 
 def _print_json_threads(threads: Iterable[ThreadFrames]) -> None:

@@ -21,7 +21,7 @@ from ..cases import lifecycle
 from ..cases.case_file import find_cases
 from ..cases.remote import require_remote
 from ..cases.selection import resolve_cases
-from ..cases.store import BlobStore
+from ..cases.store import BlobStore, full_store
 from ..errors import HarnessError
 from .common import Subparsers, flag, testdata_flag
 
@@ -71,11 +71,20 @@ def cmd_upload(args: argparse.Namespace) -> int:
                                   progress)
     print(f"uploaded {len(report.uploaded)} blobs ({_size(report.uploaded_bytes)}) to "
           f"{remote.url} in {report.seconds:.2f} s; {len(report.already_there)} already there")
+    if args.full:
+        with _byte_progress("uploading full cores") as progress:
+            report = lifecycle.upload(lifecycle.full_cores_of_cases(paths), full_store(),
+                                      remote, progress)
+        print(f"uploaded {len(report.uploaded)} full cores ({_size(report.uploaded_bytes)}); "
+              f"{len(report.already_there)} already there")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out = lifecycle.export_blob(_store(args), args.id, Path(args.out))
+    store = _store(args)
+    if not store.has(args.id) and full_store().has(args.id):
+        store = full_store()  # the full core behind a skinny case (its full-ref)
+    out = lifecycle.export_blob(store, args.id, Path(args.out))
     print(f"wrote {out} ({_size(out.stat().st_size)})")
     return 0
 
@@ -98,7 +107,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     remote = None
     if args.remote:
         remote = require_remote()
-        items += lifecycle.remote_garbage(remote, referenced, max_age)
+        in_use = set(lifecycle.referenced_blobs(testdata, full_cores=True))
+        items += lifecycle.remote_garbage(remote, in_use, max_age)
     verb = "would remove" if args.dry_run else "removing"
     _print_garbage(items, verb)
     total = sum(i.size for i in items)
@@ -114,6 +124,9 @@ def register(sub: Subparsers) -> None:
     p = sub.add_parser("upload", help="push the blobs of cases that the remote store lacks")
     p.add_argument("cases", nargs="*", help="cases: files, arch/name or name")
     flag(p, "all", action="store_true", help="every case under the testdata directory")
+    flag(p, "full", action="store_true",
+         help="also push the full cores behind skinny cases (their full-ref), from "
+              ".cache/full-blobs, so that `reskinny` works on other machines")
     testdata_flag(p)
     p.set_defaults(func=cmd_upload)
 

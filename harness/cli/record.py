@@ -12,8 +12,11 @@ from pathlib import Path
 from rich.console import Console
 
 from ..cases.case_file import TestCase, load_case
+from ..cases.selection import case_label
+from ..errors import HarnessError
 from ..record.new import record_case
 from ..record.qemu import DEFAULT_SYSROOT, SITES, record_under_qemu
+from ..record.skinny import reskinny_case
 from ..record.verify import verify_case
 from .common import Subparsers, case_paths, flag, stderr, testdata_flag
 
@@ -57,6 +60,7 @@ def cmd_new(args: argparse.Namespace) -> int:
             executable=args.executable, gdb_differences=args.gdb_differences,
             check_gdb=not args.no_gdb_check, force=args.force, progress=progress,
             testdata=Path(args.testdata), bundle_modules=not args.no_module_bundling,
+            full_core=args.full,
         )
     bundled = ("modules read from the core" if args.no_module_bundling
                else f"{len(case.modules)} modules bundled")
@@ -87,9 +91,31 @@ def cmd_record_qemu(args: argparse.Namespace) -> int:
         case = record_under_qemu(args.name, args.program, sysroot=args.sysroot,
                                  site_spec=args.site, testdata=Path(args.testdata),
                                  force=args.force, gdb_differences=args.gdb_differences,
-                                 progress=progress)
+                                 progress=progress, full_core=args.full)
     print(_summary(case, f"{len(case.modules)} modules", started))
     return 0
+
+
+def cmd_reskinny(args: argparse.Namespace) -> int:
+    if bool(args.all) == bool(args.cases):
+        raise HarnessError("give -all or cases (not both)")
+    paths = case_paths([] if args.all else args.cases)
+    full = skinny = 0
+    failed = []
+    for path in paths:
+        case = load_case(path)
+        try:
+            done = reskinny_case(case, check_gdb=not args.no_gdb_check)
+        except HarnessError as e:
+            failed.append(f"{path}: {e}")
+            print(f"{case_label(path)}: FAILED: {e}")
+            continue
+        full += done.full_size
+        skinny += done.size
+        print(f"{done.label}: {done.message}" + ("" if done.changed else " (unchanged)"))
+    print(f"{len(paths) - len(failed)} cases: cores {skinny} bytes, {full} full "
+          "(uncompressed); `coredump clean` removes the blobs no case uses any more")
+    return 1 if failed else 0
 
 
 def register(sub: Subparsers) -> None:
@@ -110,6 +136,9 @@ def register(sub: Subparsers) -> None:
               "as a waiver with this explanation (any later difference still fails)")
     flag(p, "no-gdb-check", dest="no_gdb_check", action="store_true",
          help="skip the gdb comparison")
+    flag(p, "full", action="store_true",
+         help="store the whole core, not the skinny one (only the memory replay and the "
+              "oracles read; see the README's 'Skinny cores')")
     flag(p, "force", action="store_true", help="overwrite an existing case")
     testdata_flag(p, "testdata directory to write to (default: the repository's)")
     p.set_defaults(func=cmd_new)
@@ -128,5 +157,16 @@ def register(sub: Subparsers) -> None:
     flag(p, "gdb-differences", dest="gdb_differences",
          help="record even though gdb-multiarch disagrees, with this explanation")
     flag(p, "force", action="store_true", help="overwrite an existing case")
+    flag(p, "full", action="store_true",
+         help="store the whole core, not the skinny one (only the memory replay and the "
+              "oracles read; see the README's 'Skinny cores')")
     p.add_argument("program", nargs="+", help="the aarch64 program and its arguments")
     p.set_defaults(func=cmd_record_qemu)
+
+    p = sub.add_parser("reskinny", help="rebuild cases' skinny cores from their full cores "
+                       "(after the unwinder starts reading more memory)")
+    p.add_argument("cases", nargs="*", help="cases: files, arch/name or name")
+    flag(p, "all", action="store_true", help="every case")
+    flag(p, "no-gdb-check", dest="no_gdb_check", action="store_true",
+         help="skip gdb's part of the proof")
+    p.set_defaults(func=cmd_reskinny)

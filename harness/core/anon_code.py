@@ -55,20 +55,26 @@ def trampoline_pages(core: CoreFile,
     page_size = core.page_size
     found: dict[int, bytes] = {}
     budget = MAX_SCAN_BYTES
-    for seg in core.segments:
-        if not seg.flags & PF_X or not seg.filesz or seg.filesz > budget:
-            continue
-        budget -= seg.filesz
-        data = core.read(seg.vaddr, seg.filesz)
-        if data is None:
-            continue
-        for start, _ in sigreturn_offsets(data, core.machine):
-            page = (seg.vaddr + start) & ~(page_size - 1)
-            if page in found or len(found) >= MAX_PAGES or covered(page):
+    log, core.read_log = core.read_log, None  # the scan is not a read of the process
+    try:
+        for seg in core.segments:
+            if not seg.flags & PF_X or not seg.filesz or seg.filesz > budget \
+                    or (covered(seg.vaddr) and covered(seg.vaddr + seg.filesz - 1)):
                 continue
-            offset = page - seg.vaddr
-            found[page] = data[offset:offset + page_size]
-    return sorted(found.items())
+            budget -= seg.filesz
+            data = core.read(seg.vaddr, seg.filesz)
+            if data is None:
+                continue
+            for start, _ in sigreturn_offsets(data, core.machine):
+                page = (seg.vaddr + start) & ~(page_size - 1)
+                if page in found or len(found) >= MAX_PAGES or covered(page):
+                    continue
+                found[page] = b""
+    finally:
+        core.read_log = log
+    # The pages that become modules are read (and logged) for what they are.
+    return [(page, code) for page in sorted(found)
+            if (code := core.read(page, page_size)) is not None]
 
 
 def _image(code: bytes, machine: int) -> bytes:

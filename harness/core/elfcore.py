@@ -38,10 +38,16 @@ NT_SIGINFO = 0x53494749
 NT_ARM_TLS = 0x401
 NT_ARM_PAC_MASK = 0x406
 _NOTE_OWNERS = frozenset({"CORE", "LINUX"})  # anything else (e.g. gdb's "GDB") is ignored
+# A skinny core's own note (core/skinny.py): the memory ranges it left out, which
+# the full core held. Owner and type are ours; gdb ignores notes it does not know.
+SKINNY_NOTE_OWNER = "COREDUMP-HARNESS"
+NT_SKINNY_DROPPED = 1
+MAX_DROPPED_RANGES = 1 << 20
 
 # Aux vector keys (include/uapi/linux/auxvec.h)
 AT_NULL = 0
 AT_PHDR = 3
+AT_PHNUM = 5
 AT_PAGESZ = 6
 AT_BASE = 7  # load address of the dynamic linker
 AT_ENTRY = 9  # the executable's entry point
@@ -181,6 +187,11 @@ class CoreFile:
         self.segments = []
         self.page_size = DEFAULT_PAGE_SIZE
         self._nt_file_unit = 0  # NT_FILE's page_size field; gdb writes 1 (offsets in bytes)
+        # Skinny cores (core/skinny.py): what was left out, and the reads that wanted it.
+        self.dropped: list[tuple[int, int]] = []
+        self.dropped_reads: list[tuple[int, int]] = []
+        # When a list, every read the core serves is noted here (recording a skinny core).
+        self.read_log: list[tuple[int, int]] | None = None
         self._mm: mmap.mmap | None = self._open()
         self._size = len(self._mm)
         try:
@@ -338,6 +349,9 @@ class CoreFile:
         for count, note in enumerate(notes, 1):
             if count > MAX_NOTES:
                 raise self._fail(f"more than {MAX_NOTES} notes (the limit)")
+            if note.owner == SKINNY_NOTE_OWNER and note.type == NT_SKINNY_DROPPED:
+                self.dropped = self._parse_dropped(note)
+                continue
             if note.owner not in _NOTE_OWNERS:
                 continue
             t = note.type
@@ -363,6 +377,29 @@ class CoreFile:
                     current.tls = self._desc_u64(note, 0, "NT_ARM_TLS")
                 elif t == NT_ARM_PAC_MASK:
                     current.pac_mask = self._desc_u64(note, 8, "NT_ARM_PAC_MASK")
+
+    def _parse_dropped(self, note: _Note) -> list[tuple[int, int]]:
+        """u64 count, then count (start, end) pairs, sorted and disjoint."""
+        count = self._desc_u64(note, 0, "skinny-core")
+        if count > MAX_DROPPED_RANGES:
+            raise self._fail(f"skinny-core note lists {count} ranges (limit "
+                             f"{MAX_DROPPED_RANGES})")
+        self._need(note, 8 + 16 * count, "skinny-core")
+        words = struct.unpack_from(f"<{2 * count}Q", self._mem(), note.offset + 8)
+        ranges = list(zip(words[::2], words[1::2], strict=True))
+        if any(end <= start for start, end in ranges) or ranges != sorted(ranges):
+            raise self._fail("skinny-core note: ranges are not sorted, non-empty intervals")
+        return ranges
+
+    def was_dropped(self, addr: int, size: int) -> bool:
+        """Whether [addr, addr+size) meets memory the full core held and this skinny
+        core left out; such a read is noted in dropped_reads."""
+        i = bisect_right(self.dropped, (addr, _ADDR_LIMIT)) - 1
+        hit = (i >= 0 and addr < self.dropped[i][1]) or (
+            i + 1 < len(self.dropped) and self.dropped[i + 1][0] < addr + max(size, 1))
+        if hit:
+            self.dropped_reads.append((addr, size))
+        return hit
 
     def _need(self, note: _Note, size: int, what: str) -> None:
         if note.size < size:
@@ -486,6 +523,8 @@ class CoreFile:
         if i < 0 or addr >= self._st_ends[i]:
             return None
         stop = addr + size
+        if self.read_log is not None:
+            self.read_log.append((addr, size))
         if stop <= self._st_ends[i]:
             off = self._st_offsets[i] + (addr - self._st_starts[i])
             return self._mem()[off : off + size]

@@ -189,7 +189,10 @@ class Process:
             data = mapping.read(addr, size)
             if data is not None:
                 return data
-        return self._read_pieces(addr, size)
+        data = self._read_pieces(addr, size)
+        if data is None and self.core.dropped:
+            self.core.was_dropped(addr, size)  # a skinny core left it out: noted
+        return data
 
     def file_sources(self, addr: int, size: int) -> set[str]:
         """Paths of the mapped files a read of [addr, addr+size) takes bytes from,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..arch import host_arch
 from ..cases.case_file import GdbWaiver, ModuleRef, TestCase, ThreadFrames
-from ..cases.store import BlobStore
+from ..cases.store import BlobStore, full_store
+from ..check.case_check import validate_process
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
 from ..core.memory_modules import module_files, require_modules
@@ -30,6 +31,7 @@ from ..paths import TESTDATA, cache_root
 from ..replay import open_case, process_from, thread_frames, unwind_process
 from .gcore import full_coredump_filter, gcore
 from .gdb_oracle import gdb_available, gdb_for
+from .skinny import SkinnyOutcome, make_skinny, start_logging
 from .verify import compare_with_gdb
 
 Progress = Callable[[str], None]
@@ -78,7 +80,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
                 store: BlobStore | None = None, testdata: Path = TESTDATA,
                 gdb_differences: str | None = None, check_gdb: bool = True,
                 force: bool = False, bundle_modules: bool = True,
-                progress: Progress = _quiet, temporary_core: bool = False) -> TestCase:
+                progress: Progress = _quiet, temporary_core: bool = False,
+                full_core: bool = False) -> TestCase:
     """Create testdata/<arch>/<name>.json from a core or a running process.
 
     Module files are found in `sysroot` (one directory or several, searched in
@@ -88,6 +91,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
     rebuilds them from the core's memory (core/memory_modules.py), which needs a
     core with file pages. A core made for this recording (gcore, or
     `temporary_core` as record-qemu's) is kept in the cache if the recording fails.
+    The case stores a skinny core (record/skinny.py) unless `full_core`, or unless
+    the skinny one does not prove equal; the full core then goes to the full-core store.
     """
     if (core is None) == (pid is None):
         raise HarnessError("give exactly one of -core FILE and -pid PID")
@@ -107,6 +112,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         assert core is not None
         core_path = Path(core)
         core_file = CoreFile(core_path)
+        if not full_core:
+            start_logging(core_file)
         target = testdata / core_file.machine / f"{name}.json"
         missing: list[str] = []
         try:
@@ -128,16 +135,23 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
         exe = process.executable_path()
         exe_file = str(files[exe][0]) if exe in files else None
         try:
+            outcome = None
             try:
-                threads, module_refs, waivers = _unwind_and_bundle(
+                threads, module_refs, waivers, gdb_threads = _unwind_and_bundle(
                     process, core_path, store, bundle_modules, check_gdb, gdb_differences,
                     progress, missing)
+                if not full_core:
+                    outcome = _make_skinny(process, dict(files), threads, gdb_threads,
+                                           Path(tmp), not bundle_modules, progress)
             finally:
                 process.close()
-            progress(f"storing the core ({core_path.stat().st_size} bytes)")
-            core_ref = store.put_file(core_path)
+            stored = outcome.core if outcome is not None else core_path
+            progress(f"storing the core ({stored.stat().st_size} bytes)")
+            core_ref = store.put_file(stored)
+            full_ref = full_store().put_file(core_path) \
+                if outcome is not None and outcome.skinny else None
             case = TestCase(core_ref, threads, module_refs, gdb_differences=waivers,
-                            no_module_bundling=not bundle_modules)
+                            no_module_bundling=not bundle_modules, full_ref=full_ref)
             case.path = target
             _check_replay(case, store, threads)
         except HarnessError as e:
@@ -177,15 +191,18 @@ def _keep_failed(core: Path, name: str, pid: int | None,
 def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                        bundle_modules: bool, check_gdb: bool, gdb_differences: str | None,
                        progress: Progress, missing: Sequence[str] = ()
-                       ) -> tuple[list[ThreadFrames], list[ModuleRef], list[GdbWaiver]]:
+                       ) -> tuple[list[ThreadFrames], list[ModuleRef], list[GdbWaiver],
+                                  dict[int, list[str]] | None]:
     """Unwind every thread, check with gdb, store the modules to bundle.
 
     With `gdb_differences` (the reason), each difference gdb shows becomes one
-    waiver carrying that reason, so later differences are not covered by it."""
+    waiver carrying that reason, so later differences are not covered by it.
+    Also returns gdb's frames (None without the gdb check)."""
     tracker = ReadTracker(process)
     result = unwind_process(process, reader=tracker.read)
     threads = thread_frames(result)
     waivers: list[GdbWaiver] = []
+    gdb_threads = None
     if check_gdb:
         gdb = gdb_for(process.arch)
         if gdb_available(gdb) is None:
@@ -193,6 +210,7 @@ def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                                "pass -no-gdb-check")
         progress("comparing with gdb")
         comparison = compare_with_gdb(process, core_path, threads)
+        gdb_threads = comparison.gdb_threads
         exe = process.executable_path()
         lacking = [p for p in missing if ".so" in os.path.basename(p) or p == exe]
         if comparison.problems and lacking:
@@ -220,7 +238,24 @@ def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
             progress(f"storing {path}")
             module_refs.append(ModuleRef(store.put_file(process.modules[path].local_path),
                                          path))
-    return threads, module_refs, waivers
+    return threads, module_refs, waivers, gdb_threads
+
+
+def _make_skinny(process: Process, files: dict[str, tuple[str | Path, str | None]],
+                 threads: list[ThreadFrames], gdb_threads: dict[int, list[str]] | None,
+                 tmp: Path, rebuild_modules: bool, progress: Progress) -> SkinnyOutcome:
+    """The skinny core, proven (record/skinny.py); the validate emulation runs first so
+    that what it reads is kept too."""
+    progress("making the core skinny")
+    validate_process(process)
+    outcome = make_skinny(process, files, threads, gdb_threads, tmp, rebuild_modules)
+    if outcome.skinny:
+        progress(f"skinny core: {outcome.size} of {outcome.full_size} bytes "
+                 f"({outcome.seconds:.1f} s with its proof)")
+    else:
+        progress(f"note: keeping the full core: the skinny one failed its proof: "
+                 f"{outcome.why_full}")
+    return outcome
 
 
 def _check_replay(case: TestCase, store: BlobStore, threads: list[ThreadFrames]) -> None:

@@ -254,7 +254,7 @@ def _stop_at_site(exe: str, port: int, site: Site, progress: Progress) -> None:
 def record_under_qemu(name: str, program: list[str], *, sysroot: str = DEFAULT_SYSROOT,
                       site_spec: str | None = None, testdata: Path = TESTDATA,
                       force: bool = False, gdb_differences: str | None = None,
-                      progress: Progress = _quiet) -> TestCase:
+                      progress: Progress = _quiet, full_core: bool = False) -> TestCase:
     if not Path(program[0]).is_file():
         raise HarnessError(f"program {program[0]} does not exist (build it first, e.g. "
                            "CC=aarch64-linux-gnu-gcc testsources/build.sh "
@@ -266,4 +266,4 @@ def record_under_qemu(name: str, program: list[str], *, sysroot: str = DEFAULT_S
         return record_case(name, core=core, sysroot=[sysroot, HOST_ROOT],
                            executable=os.path.abspath(program[0]), testdata=testdata,
                            force=force, gdb_differences=gdb_differences, progress=progress,
-                           temporary_core=True)
+                           temporary_core=True, full_core=full_core)

@@ -24,6 +24,7 @@ from ..cases.store import BlobStore
 from ..confine import place_under
 from ..core.process import Process
 from ..diffing import Annotate, frame_annotator, frame_diff, hunks
+from ..errors import HarnessError
 from ..replay import open_case
 from .gdb_oracle import gdb_backtraces, gdb_for, make_sysroot
 
@@ -101,17 +102,28 @@ def compare_with_gdb(process: Process, core_path: str | Path,
                      annotate: Annotate | None = None) -> GdbComparison:
     """Compare our frames with gdb's, thread by thread; `waivers` are the case's
     accepted differences, `annotate` adds symbols to the diffs shown."""
+    try:
+        theirs = gdb_frames_of(process, core_path)
+    except NoExecutable as e:
+        return GdbComparison([str(e)], {}, unwaivable=[str(e)])
+    return judge(threads, theirs, waivers,
+                 annotate or frame_annotator(process.all_modules()))
+
+
+class NoExecutable(HarnessError):
+    pass
+
+
+def gdb_frames_of(process: Process, core_path: str | Path) -> dict[int, list[str]]:
+    """gdb's frames for a core of this process, its modules in a scratch sysroot."""
     exe = process.executable_path()
     if exe is None or exe not in process.modules:
-        problem = "cannot find the executable of the core for gdb"
-        return GdbComparison([problem], {}, unwaivable=[problem])
+        raise NoExecutable("cannot find the executable of the core for gdb")
     with tempfile.TemporaryDirectory(prefix="coredump-sysroot-") as tmp:
         files = {path: str(m.local_path) for path, m in process.modules.items()}
         sysroot = make_sysroot(tmp, files)
         exe_local = str(place_under(sysroot, exe))
-        theirs = gdb_frames(process, core_path, exe_local, sysroot)
-    return judge(threads, theirs, waivers,
-                 annotate or frame_annotator(process.all_modules()))
+        return gdb_frames(process, core_path, exe_local, sysroot)
 
 
 def judge(threads: list[ThreadFrames], theirs: dict[int, list[str]],
