@@ -229,12 +229,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     from ..record.catalog import summarize
 
     table = Table(title="coredump list")
-    for column in ("case", "threads", "frames", "modules", "size", "recorded", "skip"):
+    for column in ("case", "threads", "frames", "modules", "core", "size", "recorded", "skip"):
         table.add_column(column, justify="right" if column in (
-            "threads", "frames", "modules", "size") else "left")
+            "threads", "frames", "modules", "core", "size") else "left")
     for path in case_paths(args.cases):
         s = summarize(path)
-        table.add_row(s.label, str(s.threads), str(s.frames), str(s.modules),
+        core = _size(s.core_bytes) + (" skinny" if s.skinny else " full")
+        table.add_row(s.label, str(s.threads), str(s.frames), str(s.modules), core,
                       _size(s.stored_bytes), s.recorded, s.skip or "")
     # Wide enough for every column when piped (rich assumes 80 columns there).
     Console(width=max(Console().width, 120)).print(table)

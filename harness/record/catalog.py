@@ -30,6 +30,8 @@ class CaseSummary:
     stored_bytes: int  # compressed core and modules, as committed
     skip: str | None
     recorded: str
+    core_bytes: int = 0  # the compressed core alone
+    skinny: bool = False
 
 
 def how_recorded(core: CoreFile) -> str:
@@ -45,19 +47,22 @@ def how_recorded(core: CoreFile) -> str:
     return f"kernel ({name})"
 
 
-def _recorded(case: TestCase) -> str:
+def _recorded(case: TestCase) -> tuple[str, bool]:
+    """How the core was made, and whether it is skinny."""
     with CoreFile(store_for(case).local_path(case.coredump_ref)) as core:
         how = how_recorded(core)
-    return how + (", modules from memory" if case.no_module_bundling else "")
+        skinny = bool(core.dropped)
+    return how + (", modules from memory" if case.no_module_bundling else ""), skinny
 
 
 def summarize(path: Path) -> CaseSummary:
     case = load_case(path)
     store = store_for(case)
-    size = 0
+    sizes = []
     for ref in [case.coredump_ref, *(m.ref for m in case.modules)]:
         blob = store.blob_path(ref)
-        size += blob.stat().st_size if blob.exists() else 0
+        sizes.append(blob.stat().st_size if blob.exists() else 0)
+    recorded, skinny = _recorded(case)
     return CaseSummary(case_label(path), path.parent.name, len(case.threads),
-                       sum(len(t.frames) for t in case.threads), len(case.modules), size,
-                       case.skip, _recorded(case))
+                       sum(len(t.frames) for t in case.threads), len(case.modules), sum(sizes),
+                       case.skip, recorded, sizes[0], skinny)
