@@ -238,7 +238,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_row(s.label, str(s.threads), str(s.frames), str(s.modules), core,
                       _size(s.stored_bytes), s.recorded, s.skip or "")
     # Wide enough for every column when piped (rich assumes 80 columns there).
-    Console(width=max(Console().width, 120)).print(table)
+    Console(width=max(Console().width, 140)).print(table)
     return 0
 
 
