@@ -30,7 +30,9 @@ from ..paths import TESTDATA, cache_root
 from ..replay import open_case, process_from, thread_frames, unwind_process
 from .gcore import full_coredump_filter, gcore
 from .gdb_oracle import gdb_available, gdb_for
-from .verify import compare_with_gdb
+from .lean import strip_debug as lean_copy
+from .pystack_oracle import compare_with_pystack, pystack_frames
+from .verify import compare_with_gdb, has_python_frames
 
 Progress = Callable[[str], None]
 
@@ -78,7 +80,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
                 store: BlobStore | None = None, testdata: Path = TESTDATA,
                 gdb_differences: str | None = None, check_gdb: bool = True,
                 force: bool = False, bundle_modules: bool = True,
-                progress: Progress = _quiet, temporary_core: bool = False) -> TestCase:
+                progress: Progress = _quiet, temporary_core: bool = False,
+                strip_debug: bool = False) -> TestCase:
     """Create testdata/<arch>/<name>.json from a core or a running process.
 
     Module files are found in `sysroot` (one directory or several, searched in
@@ -86,7 +89,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
     the executable where the core's path for it is not under the sysroot (qemu-user
     runs it from the host). With bundle_modules=False no module is stored: replay
     rebuilds them from the core's memory (core/memory_modules.py), which needs a
-    core with file pages. A core made for this recording (gcore, or
+    core with file pages. `strip_debug` stores modules without their DWARF
+    (record/lean.py). A core made for this recording (gcore, or
     `temporary_core` as record-qemu's) is kept in the cache if the recording fails.
     """
     if (core is None) == (pid is None):
@@ -131,7 +135,7 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
             try:
                 threads, module_refs, waivers = _unwind_and_bundle(
                     process, core_path, store, bundle_modules, check_gdb, gdb_differences,
-                    progress, missing)
+                    progress, missing, strip_debug)
             finally:
                 process.close()
             progress(f"storing the core ({core_path.stat().st_size} bytes)")
@@ -176,7 +180,8 @@ def _keep_failed(core: Path, name: str, pid: int | None,
 
 def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                        bundle_modules: bool, check_gdb: bool, gdb_differences: str | None,
-                       progress: Progress, missing: Sequence[str] = ()
+                       progress: Progress, missing: Sequence[str] = (),
+                       strip_debug: bool = False
                        ) -> tuple[list[ThreadFrames], list[ModuleRef], list[GdbWaiver]]:
     """Unwind every thread, check with gdb, store the modules to bundle.
 
@@ -214,12 +219,21 @@ def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
             waivers = [d.waiver(gdb_differences) for d in comparison.differences]
             for d in comparison.differences:
                 progress(f"waived: {d.describe()}")
+    if check_gdb and has_python_frames(threads):
+        progress("comparing Python frames with pystack")
+        python = compare_with_pystack(threads, pystack_frames(process, core_path))
+        if python.problems:
+            raise HarnessError("the unwinder's Python frames disagree with pystack's:\n"
+                               + "\n".join(python.problems))
     module_refs = []
     if bundle_modules:
-        for path in _bundled_modules(process, result.touched_file_ids, tracker.files):
-            progress(f"storing {path}")
-            module_refs.append(ModuleRef(store.put_file(process.modules[path].local_path),
-                                         path))
+        with tempfile.TemporaryDirectory(prefix="coredump-lean-") as lean:
+            for path in _bundled_modules(process, result.touched_file_ids, tracker.files):
+                progress(f"storing {path}")
+                local = process.modules[path].local_path
+                if strip_debug:
+                    local = lean_copy(local, lean)
+                module_refs.append(ModuleRef(store.put_file(local), path))
     return threads, module_refs, waivers
 
 
