@@ -33,8 +33,10 @@ enum bpf_func_id {
   BPF_FUNC_get_smp_processor_id = 8,
   BPF_FUNC_tail_call = 12,
   BPF_FUNC_get_current_pid_tgid = 14,
+  BPF_FUNC_get_current_task = 35,
   BPF_FUNC_perf_event_output = 25,
   BPF_FUNC_probe_read_user = 112,
+  BPF_FUNC_probe_read_kernel = 113,
   BPF_FUNC_ringbuf_output = 130,
   BPF_FUNC_loop = 181,
 };
@@ -77,6 +79,9 @@ static u32 (*bpf_get_smp_processor_id)(void) = (void *)BPF_FUNC_get_smp_processo
 static long (*bpf_tail_call)(void *ctx, void *prog_array_map, u32 index) =
     (void *)BPF_FUNC_tail_call;
 static u64 (*bpf_get_current_pid_tgid)(void) = (void *)BPF_FUNC_get_current_pid_tgid;
+static u64 (*bpf_get_current_task)(void) = (void *)BPF_FUNC_get_current_task;
+static long (*bpf_probe_read_kernel)(void *dst, u32 size, const void *unsafe_ptr) =
+    (void *)BPF_FUNC_probe_read_kernel;
 static long (*bpf_perf_event_output)(void *ctx, void *map, u64 flags, void *data,
                                      u64 size) = (void *)BPF_FUNC_perf_event_output;
 static long (*bpf_probe_read_user)(void *dst, u32 size, const void *unsafe_ptr) =

@@ -68,4 +68,20 @@ struct {
   __uint(max_entries, TRACE_RING_BYTES);
 } trace_events SEC(".maps");
 
+/* file id -> the module's interpreter-loop ranges and the program for them. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __type(key, u64);
+  __type(value, struct interpreter_ranges);
+  __uint(max_entries, MAX_INTERPRETER_MODULES);
+} interpreter_ranges SEC(".maps");
+
+/* file id of a CPython eval-loop module -> its layout (python/unwind_python.h). */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __type(key, u64);
+  __type(value, struct python_layout);
+  __uint(max_entries, MAX_INTERPRETER_MODULES);
+} python_layouts SEC(".maps");
+
 #endif /* UNWINDER_MAPS_H */

@@ -322,6 +322,7 @@ static __always_inline void enter_caller(struct unwind_state *st, u64 ra, u64 cf
   st->lr_valid = 0; /* the callee may have reused the link register */
   st->return_address = 1;
   st->signal_frame = 0;
+  st->interp_done = 0;
 }
 
 /* Reads the caller's registers relative to the CFA and moves to the caller. */
@@ -349,6 +350,32 @@ static __always_inline enum trace_status unwind_to_caller(struct unwind_state *s
   return TRACE_STATUS_RUNNING;
 }
 
+/* An interpreter loop at the frame just pushed: its interpreter frames come
+ * first (innermost first, right above this native frame), so the frame is
+ * taken back and pushed again once interp_prog has run (interp_done). */
+static __always_inline u8 enter_interpreter(struct unwind_state *st, struct trace *trace,
+                                            const struct frame *frame)
+{
+  if (st->interp_done)
+    return 0;
+  struct interpreter_ranges *ranges = bpf_map_lookup_elem(&interpreter_ranges,
+                                                          &frame->file_id);
+  if (!ranges)
+    return 0;
+  for (u32 i = 0; i < MAX_INTERPRETER_RANGES; i++) {
+    if (i >= ranges->count)
+      break;
+    if (ranges->start[i] <= frame->addr && frame->addr < ranges->end[i]) {
+      st->interp_prog = ranges->prog;
+      st->interp_file_id = frame->file_id;
+      st->interp_bias = st->pc - (st->return_address ? 1 : 0) - frame->addr;
+      trace->num_frames--;
+      return 1;
+    }
+  }
+  return 0;
+}
+
 /* Unwinds one frame. Returns TRACE_STATUS_RUNNING while there are more. */
 static __always_inline enum trace_status unwind_step(struct unwind_scratch *scratch)
 {
@@ -363,6 +390,8 @@ static __always_inline enum trace_status unwind_step(struct unwind_scratch *scra
   status = push_native_frame(st, trace, &frame);
   if (status != TRACE_STATUS_RUNNING)
     return status;
+  if (enter_interpreter(st, trace, frame))
+    return TRACE_STATUS_INTERPRETER;
 
   err = find_unwind_rule(frame->file_id, frame->addr, &rule);
   if (err) {
@@ -433,6 +462,9 @@ static __always_inline void begin_trace(struct unwind_scratch *scratch, u64 pid_
   state_from_regs(&scratch->state, regs);
   scratch->state.return_address = 0;
   scratch->state.signal_frame = 0;
+  scratch->state.interp_done = 0;
+  scratch->state.python_started = 0;
+  scratch->state.python_frame = 0;
 }
 
 SEC("perf_event")
@@ -449,6 +481,14 @@ int unwind_native(struct perf_event_ctx *ctx)
   scratch = cpu_scratch(); /* the verifier forgets map values across the loop */
   if (!scratch)
     return 0;
+  if (status == TRACE_STATUS_INTERPRETER) {
+    bpf_tail_call(ctx, &unwind_progs, scratch->state.interp_prog);
+    DEBUG_PRINT("native: no interpreter program %u, tail call failed",
+                scratch->state.interp_prog);
+    abort_trace(&scratch->trace, ERR_NATIVE_MAX_FRAMES, 0);
+    send_trace(scratch);
+    return 0;
+  }
   if (status != TRACE_STATUS_RUNNING) {
     send_trace(scratch);
     return 0;
@@ -478,5 +518,8 @@ int native_tracer_entry(struct perf_event_ctx *ctx)
   send_trace(scratch);
   return 0;
 }
+
+/* Interpreter programs: they reuse the trace helpers above. */
+#include "python/unwind_python.h"
 
 char LICENSE[] SEC("license") = "GPL";

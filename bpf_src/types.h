@@ -81,7 +81,8 @@ enum map_sizes {
 /* Program indices in the prog array used for tail calls. */
 enum unwind_prog {
   PROG_UNWIND_NATIVE = 0,
-  NUM_PROGS = 1,
+  PROG_UNWIND_PYTHON = 1, /* bpf_src/python/unwind_python.h */
+  NUM_PROGS = 2,
 };
 
 /* ---- Unwind rules (stack deltas) ---------------------------------------- */
@@ -168,6 +169,71 @@ struct mapping_info {
 /* Global settings written by the agent. */
 struct unwinder_config {
   u64 ra_mask;   /* bits to keep in return addresses (arm64 pointer authentication) */
+  /* offsetof(struct task_struct, thread.fsbase) (x86-64) or thread.uw.tp_value
+   * (arm64): where bpf_get_current_task's task holds the user thread pointer;
+   * 0: unknown (interpreters then find their thread state without it) */
+  u64 task_thread_pointer;
+};
+
+/* ---- Interpreters --------------------------------------------------------- */
+
+enum interpreter_limits {
+  MAX_INTERPRETER_RANGES = 4,  /* address ranges of one module's interpreter loop */
+  MAX_INTERPRETER_MODULES = 64,
+  PYTHON_FRAMES_PER_PROGRAM = 512, /* CPython frames per program (one bpf_loop) */
+  PYTHON_MAX_THREADS = 256,    /* thread states searched for the current thread */
+  /* eval-loop calls one unwind_python handles (with the native frames between
+   * them) before a tail call: <= 3.10 has one call per Python frame, and a trace
+   * may take only 33 tail calls */
+  PYTHON_CALLS_PER_PROGRAM = 8,
+};
+
+/* Where a module's interpreter loop is (ELF addresses [start, end)) and which
+ * program walks the interpreter frames it runs; keyed by file id. */
+struct interpreter_ranges {
+  u64 start[MAX_INTERPRETER_RANGES];
+  u64 end[MAX_INTERPRETER_RANGES];
+  u32 count;
+  u32 prog;      /* enum unwind_prog */
+};
+
+/* How CPython's frames chain (harness/interpreters/python/facts.py per version). */
+enum python_frame_model {
+  PYTHON_FRAME_OBJECTS = 1,      /* <= 3.10: PyFrameObject, one per eval-loop call */
+  PYTHON_INTERPRETER_FRAMES = 2, /* 3.11+: _PyInterpreterFrame, several per call */
+};
+
+/* What ends the frames of one eval-loop call (PYTHON_INTERPRETER_FRAMES). */
+enum python_entry_marker {
+  PYTHON_ENTRY_IS_ENTRY = 1,   /* 3.11: frame_entry byte non-zero: the call's last frame */
+  PYTHON_ENTRY_SHIM = 2,       /* 3.12+: frame_entry (owner) == owner_cstack: the call's
+                                * entry shim, below its frames, not emitted */
+};
+
+/* One interpreter build's layout, keyed by the file id of the module holding
+ * the eval loop. Offsets are in bytes; the agent takes them from the binary
+ * (_Py_DebugOffsets, tp_members) or from the per-version facts. */
+struct python_layout {
+  u64 runtime;                   /* ELF address of _PyRuntime */
+  u16 runtime_interpreters_head; /* _PyRuntimeState.interpreters.head */
+  u16 interp_threads_head;       /* PyInterpreterState.tstate_head / threads.head */
+  u16 tstate_next;               /* PyThreadState.next */
+  u16 tstate_native_thread_id;   /* PyThreadState.native_thread_id (3.11+); 0: none */
+  u16 tstate_thread_id;          /* PyThreadState.thread_id: pthread_self(), which glibc
+                                  * on x86-64 makes the thread pointer (<= 3.10) */
+  u16 tstate_frame;              /* .frame, .cframe or .current_frame */
+  u16 cframe_current_frame;      /* _PyCFrame.current_frame (via_cframe) */
+  u16 frame_previous;            /* f_back / previous */
+  u16 frame_code;                /* f_code / f_executable */
+  u16 frame_instr;               /* f_lasti (int) / prev_instr, instr_ptr (pointer) */
+  u16 frame_entry;               /* is_entry / owner (a byte) */
+  u16 code_instructions;         /* 3.11+: offsetof(PyCodeObject, co_code_adaptive) */
+  u8 frame_model;                /* enum python_frame_model */
+  u8 entry_marker;               /* enum python_entry_marker */
+  u8 via_cframe;                 /* tstate_frame points to a _PyCFrame (3.11, 3.12) */
+  u8 lasti_unit;                 /* bytes per f_lasti unit (3.10: 2) */
+  u8 owner_cstack;               /* FRAME_OWNED_BY_CSTACK (3.12+) */
+  u8 pad[3];
 };
 
 /* ---- Trace records -------------------------------------------------------- */
@@ -175,6 +241,9 @@ struct unwinder_config {
 enum frame_kind {
   FRAME_NATIVE = 1,
   FRAME_ERROR = 2,
+  /* A CPython frame: file_id is the interpreter module's, addr the code object's
+   * address, cfa the byte offset of the instruction in the code (python/). */
+  FRAME_PYTHON = 3,
 };
 
 enum frame_flags {
@@ -200,12 +269,22 @@ enum unwind_error {
   ERR_NATIVE_DELTA_SEARCH_EXHAUSTED = 12, /* DELTA_SEARCH_STEPS ran out (page too large) */
   ERR_NATIVE_EMPTY_DELTA_PAGE = 13,     /* a delta page with no deltas */
   ERR_NATIVE_READ_CFA = 14,             /* CFA_DEREF_FP: the CFA's stack slot unreadable */
+  /* CPython (bpf_src/python/unwind_python.h) */
+  ERR_PYTHON_NO_LAYOUT = 40,            /* no python_layouts entry for the interpreter */
+  ERR_PYTHON_READ_THREAD_STATE = 41,    /* runtime, interpreter or thread state unreadable */
+  ERR_PYTHON_NO_THREAD_STATE = 42,      /* no thread state of this thread in the list */
+  ERR_PYTHON_READ_FRAME = 43,           /* a frame of the chain unreadable */
+  ERR_PYTHON_MAX_FRAMES = 44,           /* the trace filled up during a Python walk */
+  ERR_PYTHON_NO_THREAD_POINTER = 45,    /* <= 3.10 needs the thread pointer; unknown */
 };
 
 enum trace_status {
   TRACE_STATUS_RUNNING = 0,
   TRACE_STATUS_DONE = 1,    /* reached the outermost frame */
   TRACE_STATUS_ABORTED = 2, /* stopped on an error frame */
+  /* The PC is in an interpreter loop: leave the native loop for interp_prog
+   * (never the status of a sent trace). */
+  TRACE_STATUS_INTERPRETER = 3,
 };
 
 struct frame {
@@ -235,7 +314,13 @@ struct unwind_state {
   u8 lr_valid;       /* lr holds the current frame's return address */
   u8 return_address; /* pc is a return address: look up pc - 1 */
   u8 signal_frame;   /* the current frame was interrupted by a signal */
-  u8 pad[5];
+  u8 interp_done;    /* the interpreter program has run for the current frame */
+  u8 python_started; /* python_frame has been found from the thread state */
+  u8 interp_prog;    /* enum unwind_prog of the interpreter-loop frame at pc */
+  u8 pad[2];
+  u64 interp_file_id; /* module and load bias of that frame, for interp_prog */
+  u64 interp_bias;
+  u64 python_frame;   /* the next CPython frame to emit (0: none left) */
 };
 
 /* Per-CPU scratch: too large for the 512-byte BPF stack. */

@@ -22,6 +22,7 @@ from .core.process import Process
 from .diffing import Annotate, frame_annotator, frame_diff
 from .formatting import format_trace
 from .helpers.bpf_helpers import MemoryReader
+from .interpreters.python import CodeReader
 from .paths import TESTDATA
 
 
@@ -89,11 +90,17 @@ def iter_threads(process: Process, fault_addresses: frozenset[int] = frozenset()
         agent.attach()
     read = reader or process.read
     names = {m.file_id: m.name for m in process.all_modules()}
+    python = {file_id: CodeReader(process, layout, fault_addresses)
+              for file_id, layout in agent.python_layouts.items()}
     for thread in process.threads:
         if lwp is not None and thread.lwp != lwp:
             continue
-        trace = unwinder.unwind(thread.regs, process.pid, thread.lwp, read, fault_addresses)
-        yield ThreadResult(thread.lwp, format_trace(trace, names), trace)
+        trace = unwinder.unwind(thread.regs, process.pid, thread.lwp, read, fault_addresses,
+                                thread.tls)
+        frames = format_trace(trace, names, python)
+        for code_reader in python.values():
+            trace.faults_hit |= code_reader.faults_hit
+        yield ThreadResult(thread.lwp, frames, trace)
 
 
 def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset(),

@@ -93,7 +93,8 @@ def test_declarations_carry_file_and_line() -> None:
 def test_unknown_names_list_what_is_declared() -> None:
     unwinder = get_unwinder("amd64")
     with pytest.raises(LayoutError, match=r"declares no map 'pid_map' in SEC\(\"\.maps\"\) "
-                                          r"\(it declares delta_pages, pid_mappings"):
+                                          r"\(it declares delta_pages, interpreter_ranges, "
+                                          r"pid_mappings"):
         unwinder.layout.map("pid_map")
     with pytest.raises(LayoutError, match=r"struct mapping_key \(bpf_src/types\.h:\d+\) has no "
                                           r"field 'address'"):

@@ -9,7 +9,8 @@ import pytest
 
 from harness.cases.case_file import load_case
 from harness.record.gdb_oracle import gdb_available, gdb_for
-from harness.record.verify import verify_case
+from harness.record.pystack_oracle import pystack_command
+from harness.record.verify import has_python_frames, verify_case
 
 pytestmark = pytest.mark.gdb
 
@@ -21,6 +22,9 @@ def test_matches_gdb(case_path: Path) -> None:
     case = load_case(case_path)
     if case.skip:
         pytest.skip(f"case says: {case.skip}")
+    if has_python_frames(case.threads) and pystack_command() is None:
+        pytest.skip("the case has Python frames and pystack, their oracle, is not installed "
+                    "(.venv/bin/pip install pystack)")
     comparison = verify_case(case)
     assert comparison.gdb_threads, "gdb produced no threads"
     # Unexplained differences and stale waivers are both problems.

@@ -22,7 +22,7 @@ STAGES = [
     "cases",                              # case files, blob store, remote, lifecycle
     "core",                               # core file -> process model
     "unwind_data",                        # stack deltas from CFI
-    "interpreters",                       # per-runtime introspection (to come)
+    "interpreters",                       # per-runtime introspection (CPython)
     "helpers",                            # the kernel side, emulated: maps and helpers
     "bpf",                                # the unwinder as a program
     "diffing", "formatting", "replay",    # trace -> frames -> comparison (diffs for people)

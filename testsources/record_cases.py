@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,28 @@ CASES = [
     ("musl.threads", "threads.musl", "gcore"),
     ("musl.static", "threads.musl.static", "gcore"),
     ("musl.sighandler", "sighandler.musl", "gcore"),
+]
+
+# Python cases: (case name, interpreter, arguments of pystacks.py, how to freeze it).
+# The script runs from a fixed path (PYTHON_SCRIPT), so the frames name no checkout.
+# Modules are stored without DWARF (record/lean.py): pyenv's libpython is 23 MB.
+PYENV = Path("/root/.pyenv/versions")
+PYTHON_SCRIPT = Path("/tmp/coredump-testsources/pystacks.py")
+PYTHON_CASES = [
+    ("py3.11", PYENV / "3.11.7/bin/python3.11", ["20", "asyncio"], "gcore"),
+    ("py3.12.deep", PYENV / "3.12.1/bin/python3.12", ["600"], "gcore"),
+    ("py3.13.sigill", PYENV / "3.13.0/bin/python3.13", ["20", "asyncio"], "kernel"),
+    ("py3.10", PYENV / "3.10.13/bin/python3.10", ["20"], "gcore"),
+    ("py3.9", PYENV / "3.9.18/bin/python3.9", ["20"], "gcore"),
+    ("py3.8.sigill", PYENV / "3.8.18/bin/python3.8", ["20"], "kernel"),
+    ("py3.7", PYENV / "3.7.16/bin/python3.7", ["20", "asyncio"], "gcore"),
+    ("py3.6", PYENV / "3.6.15/bin/python3.6", ["20"], "gcore"),
+    ("py3.11.debian", Path("/usr/bin/python3.11"), ["20"], "gcore"),
+]
+
+# arm64 Python cases under qemu-user: (case name, arguments of pystacks.py).
+ARM64_PYTHON_CASES = [
+    ("py3.11.debian", ["20"]),
 ]
 
 # Differences from gdb that a case explains (per frame, as `new -gdb-differences`).
@@ -112,7 +135,8 @@ ARM64_CASES = [
 ]
 
 
-def start(program: Path, cwd: str, core_limit: bool) -> tuple[subprocess.Popen[str], int]:
+def start(program: Path | list[str], cwd: str,
+          core_limit: bool) -> tuple[subprocess.Popen[str], int]:
     """The program, once ready, and the pid its `ready <pid>` line names (vfork's
     child), else its own."""
     def preexec() -> None:
@@ -122,13 +146,14 @@ def start(program: Path, cwd: str, core_limit: bool) -> tuple[subprocess.Popen[s
             resource.setrlimit(resource.RLIMIT_CORE,
                                (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
-    proc = subprocess.Popen([str(program)], cwd=cwd, stdout=subprocess.PIPE, text=True,
+    argv = [str(program)] if isinstance(program, Path) else program
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, text=True,
                             preexec_fn=preexec)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("ready"):
         proc.kill()
-        raise SystemExit(f"{program.name} did not become ready (printed {line!r})")
+        raise SystemExit(f"{argv} did not become ready (printed {line!r})")
     time.sleep(0.2)  # let every thread settle into its blocking call
     words = line.split()
     return proc, int(words[1]) if len(words) > 1 and words[1].isdigit() else proc.pid
@@ -164,6 +189,46 @@ def record_arm64(args: argparse.Namespace) -> None:
         frames = sum(len(t.frames) for t in case.threads)
         print(f"== arm64/{name}: {len(case.threads)} threads, {frames} frames, "
               f"{time.perf_counter() - started:.1f} s")
+    # Debian's arm64 CPython under qemu: the root arm64_python_root.sh unpacks.
+    root = Path("/tmp/coredump-arm64-python")
+    for name, script_args in ARM64_PYTHON_CASES:
+        if args.only and name not in args.only:
+            continue
+        if not (root / "usr/bin/python3.11").exists():
+            subprocess.run([str(HERE / "arm64_python_root.sh"), str(root)], check=True)
+        PYTHON_SCRIPT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(HERE / "pystacks.py", PYTHON_SCRIPT)
+        case = record_under_qemu(name, [str(root / "usr/bin/python3.11"), str(PYTHON_SCRIPT),
+                                        *script_args], sysroot=str(root), force=args.force)
+        print(f"== arm64/{name}: {len(case.threads)} threads")
+
+
+def record_python(args: argparse.Namespace) -> None:
+    """The Python cases: pystacks.py under each interpreter, checked by gdb and pystack."""
+    PYTHON_SCRIPT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(HERE / "pystacks.py", PYTHON_SCRIPT)
+    for name, python, script_args, method in PYTHON_CASES:
+        if args.only and name not in args.only:
+            continue
+        if not python.exists():
+            print(f"== {name}: skipped, {python} is not installed")
+            continue
+        with tempfile.TemporaryDirectory(prefix="record-") as cwd:
+            proc, _ = start([str(python), str(PYTHON_SCRIPT), *script_args], cwd,
+                            core_limit=method == "kernel")
+            try:
+                if method == "gcore":
+                    case = record_case(name, pid=proc.pid, force=args.force, progress=print,
+                                       strip_debug=True)
+                else:
+                    case = record_case(name, core=kernel_core(proc, cwd), force=args.force,
+                                       progress=print, strip_debug=True)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        frames = sum(len(t.frames) for t in case.threads)
+        print(f"== {name}: {len(case.threads)} threads, {frames} frames")
 
 
 def main() -> int:
@@ -175,6 +240,9 @@ def main() -> int:
     if args.arch in ("arm64", "all"):
         record_arm64(args)
     if args.arch == "arm64":
+        return 0
+    record_python(args)
+    if args.only and all(name in {c[0] for c in PYTHON_CASES} for name in args.only):
         return 0
     subprocess.run([str(HERE / "build.sh"), str(BUILD)], check=True)
     for name, program, method in CASES:

@@ -19,10 +19,13 @@ from ..core.module import Module
 from ..core.process import Process
 from ..errors import HarnessError
 from ..helpers import ArrayMap, BpfMap, HashMap, LpmTrieMap
+from ..helpers.bpf_helpers import EMULATED_TASK_THREAD_POINTER
 from ..helpers.ctype import LayoutError, StructType
+from ..interpreters.python import PythonLayout
 from ..paths import cache_root
 from .bridge import Unwinder
 from .delta_tables import TableFormat, module_tables
+from .interp_agent import attach_interpreters
 
 _M = TypeVar("_M", bound=BpfMap)
 
@@ -66,6 +69,7 @@ class Agent:
         self.loaded_file_ids: set[int] = set()
         self._next_delta = 0
         self._next_rule = 0
+        self.python_layouts: dict[int, PythonLayout] = {}  # by file id (interp_agent.py)
 
         self._mappings = self._map(MAPPINGS_MAP, LpmTrieMap)
         key = self._struct(self._mappings, "key")
@@ -115,6 +119,7 @@ class Agent:
                                   mapping.bias)
         if self.has_deltas:
             self._pages.on_miss = self._on_page_miss
+        self.python_layouts = attach_interpreters(self.unwinder, self.process)
 
     def _write_config(self) -> None:
         if self._config is None:
@@ -124,7 +129,10 @@ class Agent:
             masks = {t.pac_mask for t in self.process.threads if t.pac_mask}
             if masks:
                 ra_mask = ~max(masks) & U64_MASK
-        self._config.update_value(0, {"ra_mask": ra_mask})
+        config: dict[str, int] = {"ra_mask": ra_mask}
+        if self._struct(self._config, "value").has_field("task_thread_pointer"):
+            config["task_thread_pointer"] = EMULATED_TASK_THREAD_POINTER
+        self._config.update_value(0, config)
 
     def _add_mapping(self, start: int, end: int, file_id: int, bias: int) -> None:
         value = {"file_id": file_id, "bias": bias & U64_MASK}

@@ -178,12 +178,15 @@ class Unwinder:
         self._register_arrays()
 
     def unwind(self, regs: Mapping[str, int], pid: int, tid: int, read_memory: MemoryReader,
-               fault_addresses: frozenset[int] = frozenset()) -> TraceResult:
+               fault_addresses: frozenset[int] = frozenset(),
+               thread_pointer: int | None = None) -> TraceResult:
         """Run the entry program as if a perf event interrupted thread `tid` with `regs`
-        (a core thread's registers, NT_PRSTATUS names)."""
+        (a core thread's registers, NT_PRSTATUS names); `thread_pointer` is what the
+        emulated kernel's task holds for it (helpers/bpf_helpers.py)."""
         env = self.env
         env.read_memory = read_memory
         env.pid, env.tid = pid, tid
+        env.thread_pointer = thread_pointer
         env.fault_addresses = fault_addresses
         env.faults_hit = set()
         env.reads = env.failed_reads = 0

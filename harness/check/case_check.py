@@ -107,7 +107,8 @@ def check_thread(process: Process, thread: ThreadState, trace: TraceResult, site
                            "the unwinder produced no native top frame"
                            + (f" ({_frame_text(frames[0], names)})" if frames else ""))
     top = frames[0]
-    caller = frames[1] if len(frames) > 1 else None
+    # Interpreter frames come before the eval-loop frame that is the native caller.
+    caller = next((f for f in frames[1:] if f.kind_name != "python"), None)
     if caller is not None and caller.signal:
         return ThreadCheck(thread.lwp, site, SKIPPED,
                            "the top frame is a signal trampoline: it does not return, the "

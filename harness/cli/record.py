@@ -61,6 +61,7 @@ def cmd_new(args: argparse.Namespace) -> int:
             check_gdb=not args.no_gdb_check, force=args.force, progress=progress,
             testdata=Path(args.testdata), bundle_modules=not args.no_module_bundling,
             full_core=args.full,
+            strip_debug=args.strip_debug,
         )
     bundled = ("modules read from the core" if args.no_module_bundling
                else f"{len(case.modules)} modules bundled")
@@ -75,13 +76,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         comparison = verify_case(case)
         if not comparison.problems:
             explained = len(comparison.waived)
+            python = comparison.python
             print(f"{path}: matches gdb" + (f" apart from {explained} explained "
-                                            f"difference(s)" if explained else ""))
+                                            f"difference(s)" if explained else "")
+                  + (f"; pystack agrees on {python.frames} Python frames of "
+                     f"{python.threads} threads" if python else ""))
             for w in comparison.waived:
                 print(f"  thread {w.lwp} frame #{w.frame}: {w.why}")
         else:
             failures += 1
-            print(f"{path}: DIFFERS from gdb:\n  " + "\n  ".join(comparison.problems))
+            print(f"{path}: DIFFERS from gdb or pystack:\n  "
+                  + "\n  ".join(comparison.problems))
     return 1 if failures else 0
 
 
@@ -139,6 +144,9 @@ def register(sub: Subparsers) -> None:
     flag(p, "full", action="store_true",
          help="store the whole core, not the skinny one (only the memory replay and the "
               "oracles read; see the README's 'Skinny cores')")
+    flag(p, "strip-debug", dest="strip_debug", action="store_true",
+         help="store modules without their DWARF sections (objcopy --strip-debug): a "
+              "lean bundle of a build with full debug info, such as pyenv's libpython")
     flag(p, "force", action="store_true", help="overwrite an existing case")
     testdata_flag(p, "testdata directory to write to (default: the repository's)")
     p.set_defaults(func=cmd_new)

@@ -34,8 +34,8 @@ from . import elf
 from .elf import SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, Ehdr, Shdr, Sym
 from .module import Module
 
-__all__ = ["SymbolTable", "function_symbols", "build_id", "module_symbols",
-           "DEBUG_DIRS"]
+__all__ = ["SymbolTable", "function_symbols", "named_symbols", "build_id",
+           "module_symbols", "DEBUG_DIRS"]
 
 Reader = Callable[[int, int], bytes | None]
 # Where separate debug files live (Debian's -dbgsym packages, gdb's default).
@@ -110,6 +110,32 @@ def function_symbols(read: Reader) -> dict[int, tuple[str, int]]:
                 if sym.value not in best or key < best[sym.value][0]:
                     best[sym.value] = (key, name, sym.size)
     return {addr: (name, size) for addr, (_, name, size) in best.items()}
+
+
+def named_symbols(read: Reader, wanted: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """{name: (address, size)} of the wanted symbols of any kind (data too) that the
+    file defines, .symtab before .dynsym: how a runtime's agent finds the
+    variables and functions it reads (CPython's _PyRuntime, PyCode_Type)."""
+    wanted_bytes = {name.encode() for name in wanted}
+    found: dict[str, tuple[int, int]] = {}
+    headers, _ = _sections(read)
+    for wanted_type in (SHT_SYMTAB, SHT_DYNSYM):
+        for sec in headers:
+            if sec.type != wanted_type or sec.link >= len(headers):
+                continue
+            data = _section_data(read, sec)
+            names = _section_data(read, headers[sec.link])
+            if not data or names is None:
+                continue
+            for pos in range(0, len(data) - elf.SYM_SIZE + 1, elf.SYM_SIZE):
+                sym = Sym.parse(data, pos)
+                if not sym.value or not sym.shndx or sym.name >= len(names):
+                    continue
+                end = names.find(b"\0", sym.name)
+                name = names[sym.name:end if end >= 0 else len(names)]
+                if name in wanted_bytes and name.decode() not in found:
+                    found[name.decode()] = (sym.value, sym.size)
+    return found
 
 
 def build_id(read: Reader) -> str | None:

@@ -23,11 +23,21 @@ MAX_READ_SIZE = 1 << 16  # no BPF program can ask for more in one read
 
 MemoryReader = Callable[[int, int], bytes | None]
 
+# The emulated kernel's task_struct of the interrupted thread: where
+# bpf_get_current_task points, and the one field of it the harness serves through
+# bpf_probe_read_kernel, the user thread pointer (task->thread.fsbase on x86-64,
+# task->thread.uw.tp_value on arm64). A profiler's agent writes the running
+# kernel's offset of that field (from BTF) into unwinder_config.task_thread_pointer;
+# the harness's agent writes this one, the emulated kernel's.
+EMULATED_TASK = 0xFFFF_8880_0000_0000
+EMULATED_TASK_THREAD_POINTER = 0x1A40
+
 MAP_LOOKUP_ELEM = CFUNCTYPE(c_void_p, c_void_p, c_void_p)
 MAP_UPDATE_ELEM = CFUNCTYPE(c_int64, c_void_p, c_void_p, c_void_p, c_uint64)
 KTIME_GET_NS = CFUNCTYPE(c_uint64)
 GET_SMP_PROCESSOR_ID = CFUNCTYPE(c_uint32)
 GET_CURRENT_PID_TGID = CFUNCTYPE(c_uint64)
+GET_CURRENT_TASK = CFUNCTYPE(c_uint64)
 PERF_EVENT_OUTPUT = CFUNCTYPE(c_int64, c_void_p, c_void_p, c_uint64, c_void_p, c_uint64)
 RINGBUF_OUTPUT = CFUNCTYPE(c_int64, c_void_p, c_void_p, c_uint64, c_uint64)
 PROBE_READ_USER = CFUNCTYPE(c_int64, c_void_p, c_uint32, c_void_p)
@@ -46,6 +56,9 @@ class HelperEnv:
     read_memory: MemoryReader = _no_memory
     pid: int = 0
     tid: int = 0
+    # The thread's user thread pointer (fs_base from NT_PRSTATUS, tpidr_el0 from
+    # NT_ARM_TLS), None where the core lacks it (qemu-user cores).
+    thread_pointer: int | None = None
     # Reads covering any of these addresses fail (the case file's fault-addresses).
     fault_addresses: frozenset[int] = frozenset()
     faults_hit: set[int] = field(default_factory=set)
@@ -101,6 +114,19 @@ def make_helpers(env: HelperEnv) -> dict[str, Any]:
 
     def get_current_pid_tgid() -> int:
         return (env.pid << 32) | env.tid
+
+    def get_current_task() -> int:
+        return EMULATED_TASK
+
+    def probe_read_kernel(dst: int, size: int, src: int | None) -> int:
+        """Kernel memory: the emulated task's thread pointer, nothing else."""
+        src = src or 0
+        tp = env.thread_pointer
+        if tp is None or src != EMULATED_TASK + EMULATED_TASK_THREAD_POINTER or size != 8:
+            memset(dst, 0, size)
+            return -EFAULT
+        memmove(dst, tp.to_bytes(8, "little"), 8)
+        return 0
 
     def perf_event_output(ctx: int, map_addr: int, flags: int, data: int, size: int) -> int:
         target = env.map_at(map_addr)
@@ -159,6 +185,10 @@ def make_helpers(env: HelperEnv) -> dict[str, Any]:
             _guard(env, "get_smp_processor_id", 0, get_smp_processor_id)),
         "bpf_get_current_pid_tgid": GET_CURRENT_PID_TGID(
             _guard(env, "get_current_pid_tgid", 0, get_current_pid_tgid)),
+        "bpf_get_current_task": GET_CURRENT_TASK(
+            _guard(env, "get_current_task", 0, get_current_task)),
+        "bpf_probe_read_kernel": PROBE_READ_USER(
+            _guard(env, "probe_read_kernel", -EFAULT, probe_read_kernel)),
         "bpf_perf_event_output": PERF_EVENT_OUTPUT(
             _guard(env, "perf_event_output", -EINVAL, perf_event_output)),
         "bpf_ringbuf_output": RINGBUF_OUTPUT(

@@ -31,8 +31,10 @@ from ..paths import TESTDATA, cache_root
 from ..replay import open_case, process_from, thread_frames, unwind_process
 from .gcore import full_coredump_filter, gcore
 from .gdb_oracle import gdb_available, gdb_for
+from .lean import strip_debug as lean_copy
+from .pystack_oracle import compare_with_pystack, pystack_frames
 from .skinny import SkinnyOutcome, make_skinny, start_logging
-from .verify import compare_with_gdb
+from .verify import compare_with_gdb, has_python_frames
 
 Progress = Callable[[str], None]
 
@@ -81,7 +83,7 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
                 gdb_differences: str | None = None, check_gdb: bool = True,
                 force: bool = False, bundle_modules: bool = True,
                 progress: Progress = _quiet, temporary_core: bool = False,
-                full_core: bool = False) -> TestCase:
+                strip_debug: bool = False, full_core: bool = False) -> TestCase:
     """Create testdata/<arch>/<name>.json from a core or a running process.
 
     Module files are found in `sysroot` (one directory or several, searched in
@@ -89,7 +91,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
     the executable where the core's path for it is not under the sysroot (qemu-user
     runs it from the host). With bundle_modules=False no module is stored: replay
     rebuilds them from the core's memory (core/memory_modules.py), which needs a
-    core with file pages. A core made for this recording (gcore, or
+    core with file pages. `strip_debug` stores modules without their DWARF
+    (record/lean.py). A core made for this recording (gcore, or
     `temporary_core` as record-qemu's) is kept in the cache if the recording fails.
     The case stores a skinny core (record/skinny.py) unless `full_core`, or unless
     the skinny one does not prove equal; the full core then goes to the full-core store.
@@ -139,7 +142,7 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
             try:
                 threads, module_refs, waivers, gdb_threads = _unwind_and_bundle(
                     process, core_path, store, bundle_modules, check_gdb, gdb_differences,
-                    progress, missing)
+                    progress, missing, strip_debug)
                 if not full_core:
                     outcome = _make_skinny(process, dict(files), threads, gdb_threads,
                                            Path(tmp), not bundle_modules, progress)
@@ -190,7 +193,8 @@ def _keep_failed(core: Path, name: str, pid: int | None,
 
 def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                        bundle_modules: bool, check_gdb: bool, gdb_differences: str | None,
-                       progress: Progress, missing: Sequence[str] = ()
+                       progress: Progress, missing: Sequence[str] = (),
+                       strip_debug: bool = False
                        ) -> tuple[list[ThreadFrames], list[ModuleRef], list[GdbWaiver],
                                   dict[int, list[str]] | None]:
     """Unwind every thread, check with gdb, store the modules to bundle.
@@ -232,12 +236,21 @@ def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
             waivers = [d.waiver(gdb_differences) for d in comparison.differences]
             for d in comparison.differences:
                 progress(f"waived: {d.describe()}")
+    if check_gdb and has_python_frames(threads):
+        progress("comparing Python frames with pystack")
+        python = compare_with_pystack(threads, pystack_frames(process, core_path))
+        if python.problems:
+            raise HarnessError("the unwinder's Python frames disagree with pystack's:\n"
+                               + "\n".join(python.problems))
     module_refs = []
     if bundle_modules:
-        for path in _bundled_modules(process, result.touched_file_ids, tracker.files):
-            progress(f"storing {path}")
-            module_refs.append(ModuleRef(store.put_file(process.modules[path].local_path),
-                                         path))
+        with tempfile.TemporaryDirectory(prefix="coredump-lean-") as lean:
+            for path in _bundled_modules(process, result.touched_file_ids, tracker.files):
+                progress(f"storing {path}")
+                local = process.modules[path].local_path
+                if strip_debug:
+                    local = lean_copy(local, lean)
+                module_refs.append(ModuleRef(store.put_file(local), path))
     return threads, module_refs, waivers, gdb_threads
 
 

@@ -25,8 +25,10 @@ from ..confine import place_under
 from ..core.process import Process
 from ..diffing import Annotate, frame_annotator, frame_diff, hunks
 from ..errors import HarnessError
+from ..formatting import is_interpreter_frame
 from ..replay import open_case
 from .gdb_oracle import gdb_backtraces, gdb_for, make_sysroot
+from .pystack_oracle import PystackComparison, compare_with_pystack, pystack_frames
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class GdbComparison:
     waived: list[GdbWaiver] = field(default_factory=list)
     # Problems no waiver can cover (a thread gdb does not list).
     unwaivable: list[str] = field(default_factory=list)
+    python: PystackComparison | None = None  # pystack's check of the Python frames
 
 
 def gdb_frames(process: Process, core_path: str | Path, exe: str,
@@ -139,7 +142,9 @@ def judge(threads: list[ThreadFrames], theirs: dict[int, list[str]],
             continue
         # Our error frame (an aborted walk) stays in: it lines up against the frames
         # gdb found beyond the point where we stopped, and is a difference like any.
-        ours = [f for f in t.frames[:-1] if not f.startswith("<")] + t.frames[-1:]
+        # Interpreter frames are pystack's to check (pystack_oracle.py), not gdb's.
+        ours = [f for f in t.frames[:-1] if not f.startswith("<")
+                and not is_interpreter_frame(f)] + t.frames[-1:]
         found = [GdbDifference(t.lwp, h.act_start, tuple(h.expected(gdb)),
                                tuple(h.actual(ours))) for h in hunks(gdb, ours)]
         comparison.differences += found
@@ -167,10 +172,22 @@ def judge(threads: list[ThreadFrames], theirs: dict[int, list[str]],
 
 
 def verify_case(case: TestCase, store: BlobStore | None = None) -> GdbComparison:
-    """Re-run the gdb comparison for a recorded case."""
+    """Re-run the gdb comparison for a recorded case, and pystack's for a case with
+    Python frames (its problems join gdb's)."""
     process = open_case(case, store)
     try:
-        return compare_with_gdb(process, process.core.path, case.threads,
-                                case.gdb_differences)
+        comparison = compare_with_gdb(process, process.core.path, case.threads,
+                                      case.gdb_differences)
+        if has_python_frames(case.threads):
+            python = compare_with_pystack(case.threads,
+                                          pystack_frames(process, process.core.path),
+                                          faults=bool(case.fault_addresses))
+            comparison.problems += python.problems
+            comparison.python = python
+        return comparison
     finally:
         process.close()
+
+
+def has_python_frames(threads: Sequence[ThreadFrames]) -> bool:
+    return any(is_interpreter_frame(f) for t in threads for f in t.frames)

@@ -68,6 +68,8 @@ long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
 unsigned long long (*bpf_ktime_get_ns)(void);
 unsigned int (*bpf_get_smp_processor_id)(void);
 unsigned long long (*bpf_get_current_pid_tgid)(void);
+unsigned long long (*bpf_get_current_task)(void);
+long (*bpf_probe_read_kernel)(void *dst, unsigned int size, const void *unsafe_ptr);
 long (*bpf_perf_event_output)(void *ctx, void *map, unsigned long long flags, void *data,
                               unsigned long long size);
 long (*bpf_ringbuf_output)(void *ringbuf, void *data, unsigned long long size,

@@ -27,6 +27,8 @@ extern long (*bpf_map_update_elem)(void *map, const void *key, const void *value
 extern unsigned long long (*bpf_ktime_get_ns)(void);
 extern unsigned int (*bpf_get_smp_processor_id)(void);
 extern unsigned long long (*bpf_get_current_pid_tgid)(void);
+extern unsigned long long (*bpf_get_current_task)(void);
+extern long (*bpf_probe_read_kernel)(void *dst, unsigned int size, const void *unsafe_ptr);
 extern long (*bpf_perf_event_output)(void *ctx, void *map, unsigned long long flags, void *data,
                                      unsigned long long size);
 extern long (*bpf_ringbuf_output)(void *ringbuf, void *data, unsigned long long size,
