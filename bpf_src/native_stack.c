@@ -479,4 +479,8 @@ int native_tracer_entry(struct perf_event_ctx *ctx)
   return 0;
 }
 
+#if defined(__bpf__)
+#include "kernel/live_entry.h" /* coredump live: the same unwinder at syscall entry */
+#endif
+
 char LICENSE[] SEC("license") = "GPL";

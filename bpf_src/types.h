@@ -200,6 +200,7 @@ enum unwind_error {
   ERR_NATIVE_DELTA_SEARCH_EXHAUSTED = 12, /* DELTA_SEARCH_STEPS ran out (page too large) */
   ERR_NATIVE_EMPTY_DELTA_PAGE = 13,     /* a delta page with no deltas */
   ERR_NATIVE_READ_CFA = 14,             /* CFA_DEREF_FP: the CFA's stack slot unreadable */
+  ERR_LIVE_READ_REGS = 80,              /* live: the thread's user registers unreadable */
 };
 
 enum trace_status {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .. import unwind_data
 from ..arch import ARM64, U64_MASK
@@ -21,7 +21,7 @@ from ..errors import HarnessError
 from ..helpers import ArrayMap, BpfMap, HashMap, LpmTrieMap
 from ..helpers.ctype import LayoutError, StructType
 from ..paths import cache_root
-from .bridge import Unwinder
+from .debuginfo import ObjectLayout
 from .delta_tables import TableFormat, module_tables
 
 _M = TypeVar("_M", bound=BpfMap)
@@ -43,7 +43,21 @@ def address_prefixes(start: int, end: int, addr_bits: int = 64) -> Iterator[tupl
         start += size
 
 
-def check_cfa_ops(unwinder: Unwinder) -> None:
+class MapBackend(Protocol):
+    """What the agent needs of an unwinder: its maps by name, the layout they
+    are declared with, and a reset. The host build (bridge.Unwinder, emulated
+    maps) and the kernel build (kernel.KernelUnwinder, kernel maps) both are one."""
+
+    @property
+    def maps(self) -> dict[str, BpfMap]: ...
+
+    @property
+    def layout(self) -> ObjectLayout: ...
+
+    def reset(self) -> None: ...
+
+
+def check_cfa_ops(unwinder: MapBackend) -> None:
     """unwind_data produces the rules; the unwinder's enum cfa_op must mean the same."""
     c_ops = unwinder.layout.enum("cfa_op")
     python = {name: getattr(unwind_data, name) for name in dir(unwind_data)
@@ -57,7 +71,7 @@ def check_cfa_ops(unwinder: Unwinder) -> None:
 class Agent:
     """Fills an Unwinder's maps for one Process, by map and field name."""
 
-    def __init__(self, unwinder: Unwinder, process: Process,
+    def __init__(self, unwinder: MapBackend, process: Process,
                  cache_dir: str | Path | None = None) -> None:
         self.unwinder = unwinder
         self.process = process
@@ -144,6 +158,16 @@ class Agent:
             return
         self.loaded_file_ids.add(file_id)
         self.load_module_deltas(module)
+
+    def load_all_deltas(self) -> int:
+        """Every mapped module's deltas now, not on the unwinder's first miss: a
+        kernel map cannot call back (bpf/kernel.py). Returns the deltas written."""
+        count = 0
+        for file_id, module in sorted(self.modules_by_file_id.items()):
+            if file_id not in self.loaded_file_ids:
+                self.loaded_file_ids.add(file_id)
+                count += self.load_module_deltas(module)
+        return count
 
     def load_module_deltas(self, module: Module) -> int:
         """Write a module's stack deltas and rules into the maps (from the tables
