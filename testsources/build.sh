@@ -40,6 +40,7 @@ done
 # No .eh_frame for the program's own functions: unwinders must chain frame pointers / frame records.
 build chain.O2.nocfi "$CC" chain.c -O2 -fno-omit-frame-pointer -fno-asynchronous-unwind-tables -fno-unwind-tables
 build threads  "$CC"  threads.c  -O2 -pthread
+build blocked  "$CC"  blocked.c  -O2 -pthread
 build recurse  "$CC"  recurse.c  -O1
 build cxx      "$CXX" cxx.cpp    -O2 -std=c++17 -pthread
 build static   "$CC"  static.c   -O2 -static

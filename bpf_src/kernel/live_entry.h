@@ -21,20 +21,8 @@
 #ifndef UNWINDER_KERNEL_LIVE_ENTRY_H
 #define UNWINDER_KERNEL_LIVE_ENTRY_H
 
-enum live_func_id {
-  BPF_FUNC_probe_read_kernel = 113,
-  BPF_FUNC_get_current_task_btf = 158,
-  BPF_FUNC_task_pt_regs = 175,
-};
-
-struct task_struct;
-
-static long (*bpf_probe_read_kernel)(void *dst, u32 size, const void *unsafe_ptr) =
-    (void *)BPF_FUNC_probe_read_kernel;
-static struct task_struct *(*bpf_get_current_task_btf)(void) =
-    (void *)BPF_FUNC_get_current_task_btf;
-static const void *(*bpf_task_pt_regs)(struct task_struct *task) =
-    (void *)BPF_FUNC_task_pt_regs;
+/* Its helpers (bpf_get_current_task_btf, bpf_task_pt_regs,
+ * bpf_probe_read_kernel) are declared in bpf_defs.h with the others. */
 
 /* The processes (thread group ids) whose system calls are traced; written by
  * user space (harness/live), any value. */
