@@ -108,39 +108,47 @@ def start(bindir: str) -> Iterator[Start]:
         running.proc.wait()
 
 
-# program -> threads it has, all blocked in a system call
+# program -> (threads it has, all blocked in a system call; how each trace ends)
 PROGRAMS = {
-    "blocked": 7,        # nanosleep, read, poll, mutex and condvar futexes, sigaltstack handler
-    "recurse": 1,        # 220 frames of recursion
-    "deep": 1,           # 4,000 frames: 16 tail calls of the unwinder
-    "sigframe": 1,       # a handler in pause(), through the kernel's signal frame
-    "cxx": 2,            # libstdc++ frames, std::function thunks, pthread_once
-    "chain.O2.nofp": 1,  # no frame pointers: CFI only
-    "chain.O2.nocfi": 1, # no CFI for the program: frame-pointer chaining
-    "static": 1,         # one static module (libc's CFI in the executable)
-    "realign": 1,        # GCC's DRAP: CFA = *(rbp - 8)
+    "blocked": (7, "done"),          # nanosleep, read, poll, mutex and condvar futexes,
+                                     # a handler on a sigaltstack
+    "recurse": (1, "done"),          # 220 frames of recursion
+    "deep": (1, "done"),             # 4,004 frames: 16 tail calls of the unwinder
+    "deep.limit": (1, "aborted"),    # past MAX_FRAMES: the native_max_frames error frame
+    "garbage.block": (1, "aborted"), # a smashed stack: the native_pc_not_mapped error frame
+    "sigframe": (1, "done"),         # a handler in pause(), through the kernel's signal frame
+    "cxx": (2, "done"),              # libstdc++ frames, std::function thunks, pthread_once
+    "chain.O2.nofp": (1, "done"),    # no frame pointers: CFI only
+    "chain.O2.nocfi": (1, "done"),   # no CFI for the program: frame-pointer chaining
+    "static": (1, "done"),           # one static module (libc's CFI in the executable)
+    "realign": (1, "done"),          # GCC's DRAP: CFA = *(rbp - 8)
 }
 
 
-def _check_equal(report: LiveReport, threads: int) -> None:
+def _check_equal(report: LiveReport, threads: int, status: str = "done") -> None:
     assert len(report.threads) == threads
     for row in report.threads:
         assert row.equal is True, (f"thread {row.tid}: {row.problem}\n"
                                    f"kernel: {row.live}\nreplay: {row.replay}")
-        assert row.live == row.replay and row.live_status == row.replay_status == "done"
+        assert row.live == row.replay and row.live_status == row.replay_status == status
 
 
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
 def test_kernel_trace_equals_replay(program: str, start: Start) -> None:
     running = start(program)
     report = run_live(running.pid, compare=True)
-    _check_equal(report, PROGRAMS[program])
+    _check_equal(report, *PROGRAMS[program])
     if program == "blocked":
         signal_threads = [t for t in report.live.traces.values()
                           if any(f.signal for f in t.frames)]
         assert len(signal_threads) == 1  # the altstack handler's, past its signal frame
+    frames = report.threads[0].live or []
     if program == "deep":
-        assert len(report.threads[0].live or []) > 4000
+        assert len(frames) > 4000
+    if program == "deep.limit":
+        assert len(frames) == 4096 and frames[-1].endswith("error native_max_frames>")
+    if program == "garbage.block":
+        assert frames[-1].endswith("error native_pc_not_mapped>")
 
 
 def test_vfork_child_on_its_parent_stack(start: Start) -> None:
@@ -155,6 +163,9 @@ def test_vfork_parent_cannot_stop_and_is_an_error_not_a_hang(start: Start) -> No
     with pytest.raises(TriggerError, match="did not stop within 0.3 s"):
         interrupt_threads(running.proc.pid, timeout=0.3)
     assert time.monotonic() - started < 3
+    # and coredump live says so before gcore, which would wait for it for good
+    with pytest.raises(TriggerError, match="waits in vfork"):
+        run_live(running.proc.pid)
 
 
 def test_a_thread_in_user_space_is_reported_not_compared(start: Start) -> None:

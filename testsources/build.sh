@@ -50,6 +50,7 @@ build vdso     "$CC"  vdso.c     -O2 -pthread
 build deep     "$CC"  deep.c     -O1
 build vfork    "$CC"  vfork.c    -O2
 build garbage  "$CC"  garbage.c  -O2 -fno-omit-frame-pointer
+build garbage.block "$CC" garbage.c -O2 -fno-omit-frame-pointer -DBLOCK
 build deep.limit "$CC" deep.c    -O1 -DDEPTH=6000
 # x86_64 only: arm64's ABI keeps the stack 16-byte aligned, so GCC never needs a DRAP there.
 if "$CC" -dumpmachine | grep -q '^x86_64'; then

@@ -21,6 +21,7 @@ from ..formatting import format_trace
 from ..record.gcore import gcore
 from ..replay import iter_threads, process_from
 from .session import LiveResult, LiveSession
+from .trigger import require_stoppable
 
 
 def frame_key(frame: RawFrame) -> tuple[int, ...]:
@@ -79,6 +80,7 @@ def run_live(pid: int, compare: bool = False, timeout: float = 2.0) -> LiveRepor
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="coredump-live-") as tmp:
         start = time.perf_counter()
+        require_stoppable(pid)
         core_path = gcore(pid, tmp)
         core = CoreFile(core_path)
         try:

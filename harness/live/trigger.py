@@ -59,6 +59,34 @@ def in_system_call(pid: int, tid: int) -> bool:
     return bool(text) and text.split()[0] not in ("running", "-1")
 
 
+# Where a vfork parent sleeps (/proc/.../wchan) until its child execs or exits:
+# uninterruptibly, so neither gdb nor PTRACE_INTERRUPT can stop it.
+VFORK_WCHANS = ("kernel_clone", "_do_fork", "do_fork", "wait_for_vfork_done")
+
+
+def vfork_waiters(pid: int) -> list[int]:
+    """Threads of `pid` waiting in vfork for their child."""
+    found = []
+    for tid in thread_ids(pid):
+        try:
+            wchan = open(f"/proc/{pid}/task/{tid}/wchan").read().strip()
+        except OSError:
+            continue
+        if wchan in VFORK_WCHANS:
+            found.append(tid)
+    return found
+
+
+def require_stoppable(pid: int) -> None:
+    """TriggerError (at once, not after a gcore that waits for good) if a thread
+    of `pid` is a vfork parent."""
+    waiting = vfork_waiters(pid)
+    if waiting:
+        raise TriggerError(f"thread {waiting[0]} of process {pid} waits in vfork() for its "
+                           "child, uninterruptibly: neither gcore nor ptrace can stop it "
+                           "until the child execs or exits (run live on the child)")
+
+
 def _ptrace(request: int, tid: int, data: int = 0) -> None:
     if _libc.ptrace(request, tid, None, ctypes.c_void_p(data)) != 0:
         err = ctypes.get_errno()
