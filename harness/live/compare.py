@@ -15,12 +15,13 @@ import time
 from dataclasses import dataclass, field
 
 from ..bpf.bridge import RawFrame, TraceResult, get_unwinder
+from ..bpf.libbpf import LibbpfUnavailable
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
 from ..formatting import format_trace
 from ..record.gcore import gcore
 from ..replay import iter_threads, process_from
-from .session import LiveResult, LiveSession
+from .session import LiveResult, LiveSession, live_unavailable_reason
 from .trigger import require_stoppable
 
 
@@ -78,6 +79,9 @@ def run_live(pid: int, compare: bool = False, timeout: float = 2.0) -> LiveRepor
     """gcore the process, load and fill the kernel unwinder, capture one trace per
     thread; with `compare`, replay the core and compare thread by thread."""
     seconds: dict[str, float] = {}
+    reason = live_unavailable_reason()
+    if reason:
+        raise LibbpfUnavailable(f"coredump live cannot run here: {reason}")
     with tempfile.TemporaryDirectory(prefix="coredump-live-") as tmp:
         start = time.perf_counter()
         require_stoppable(pid)
