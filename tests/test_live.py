@@ -12,6 +12,7 @@ import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,10 +22,15 @@ import pytest
 from harness.arch import host_arch
 from harness.bpf.bridge import RawFrame, TraceResult
 from harness.cli import main
+from harness.core.discovery import discover_modules
+from harness.core.elfcore import CoreFile
 from harness.live.compare import LiveReport, _compare, run_live
+from harness.live.residency import ResidentReader
 from harness.live.session import live_unavailable_reason
 from harness.live.trigger import TriggerError, in_system_call, interrupt_threads, thread_ids
 from harness.paths import REPO_ROOT
+from harness.record.gcore import gcore
+from harness.replay import process_from
 
 BUILD_SH = REPO_ROOT / "testsources" / "build.sh"
 BUILD = REPO_ROOT / "testsources" / "build" / (host_arch() or "unknown")
@@ -91,7 +97,10 @@ def start(bindir: str) -> Iterator[Start]:
     started: list[Running] = []
 
     def run(program: str, wait_blocked: bool = True) -> Running:
-        proc = subprocess.Popen([os.path.join(bindir, program)], stdout=subprocess.PIPE)
+        path = os.path.join(bindir, program)
+        if not os.path.exists(path):
+            pytest.skip(f"{program} is built for x86_64 only (testsources/build.sh)")
+        proc = subprocess.Popen([path], stdout=subprocess.PIPE)
         running = Running(proc, proc.pid)
         started.append(running)
         running.pid = _ready_pid(proc)
@@ -122,6 +131,8 @@ PROGRAMS = {
     "chain.O2.nocfi": (1, "done"),   # no CFI for the program: frame-pointer chaining
     "static": (1, "done"),           # one static module (libc's CFI in the executable)
     "realign": (1, "done"),          # GCC's DRAP: CFA = *(rbp - 8)
+    "untouched": (1, "aborted"),     # FP into a file page never touched: unreadable to the
+                                     # kernel, so to replay too (live/residency.py)
 }
 
 
@@ -149,6 +160,29 @@ def test_kernel_trace_equals_replay(program: str, start: Start) -> None:
         assert len(frames) == 4096 and frames[-1].endswith("error native_max_frames>")
     if program == "garbage.block":
         assert frames[-1].endswith("error native_pc_not_mapped>")
+    if program == "untouched":
+        assert frames[-1].endswith("error native_read_return_address>")
+
+
+def test_replay_reads_only_pages_the_kernel_could(start: Start) -> None:
+    """The difference live -compare found: the file has the bytes at the frame
+    pointer, the process has no page there, and the kernel's read fails."""
+    running = start("untouched")
+    with tempfile.TemporaryDirectory() as tmp:
+        core = CoreFile(gcore(running.pid, tmp))
+        process = process_from(core, discover_modules(core))
+    try:
+        fp = process.threads[0].regs["rbp"]
+        assert process.read(fp, 16) is not None  # from the executable's file
+        reader = ResidentReader(process, running.pid)
+        try:
+            assert reader(fp, 16) is None and reader.refused == 1
+            sp = process.threads[0].regs["rsp"]
+            assert reader(sp, 16) == process.read(sp, 16)  # the stack: in the core
+        finally:
+            reader.close()
+    finally:
+        process.close()
 
 
 def test_vfork_child_on_its_parent_stack(start: Start) -> None:

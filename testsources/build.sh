@@ -55,4 +55,6 @@ build deep.limit "$CC" deep.c    -O1 -DDEPTH=6000
 # x86_64 only: arm64's ABI keeps the stack 16-byte aligned, so GCC never needs a DRAP there.
 if "$CC" -dumpmachine | grep -q '^x86_64'; then
     build realign "$CC" realign.c -O2 -mincoming-stack-boundary=3
+    # -g0 after build's -g: no .debug_frame either, so only frame pointers unwind it
+    build untouched "$CC" untouched.c -O2 -g0 -fno-asynchronous-unwind-tables -fno-unwind-tables
 fi

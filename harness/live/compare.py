@@ -21,6 +21,7 @@ from ..core.elfcore import CoreFile
 from ..formatting import format_trace
 from ..record.gcore import gcore
 from ..replay import iter_threads, process_from
+from .residency import ResidentReader
 from .session import LiveResult, LiveSession, live_unavailable_reason
 from .trigger import require_stoppable
 
@@ -103,8 +104,14 @@ def run_live(pid: int, compare: bool = False, timeout: float = 2.0) -> LiveRepor
             names = {m.file_id: m.name for m in process.all_modules()}
             threads: list[ThreadComparison] = []
             start = time.perf_counter()
-            replayed = {r.lwp: r.trace for r in iter_threads(process, unwinder=host)} \
-                if compare else {}
+            replayed: dict[int, TraceResult] = {}
+            if compare:  # the process still sleeps: its page tables are the kernel's view
+                reader = ResidentReader(process, pid)
+                try:
+                    replayed = {r.lwp: r.trace
+                                for r in iter_threads(process, reader=reader, unwinder=host)}
+                finally:
+                    reader.close()
             seconds["replay"] = time.perf_counter() - start
             for thread in process.threads:
                 trace = live.traces.get(thread.lwp)
