@@ -25,7 +25,7 @@ from harness.cli import main
 from harness.core.discovery import discover_modules
 from harness.core.elfcore import CoreFile
 from harness.live.compare import LiveReport, _compare, run_live
-from harness.live.residency import ResidentReader
+from harness.live.residency import PageSnapshot, ResidentReader
 from harness.live.session import live_unavailable_reason
 from harness.live.trigger import TriggerError, in_system_call, interrupt_threads, thread_ids
 from harness.paths import REPO_ROOT
@@ -131,8 +131,9 @@ PROGRAMS = {
     "chain.O2.nocfi": (1, "done"),   # no CFI for the program: frame-pointer chaining
     "static": (1, "done"),           # one static module (libc's CFI in the executable)
     "realign": (1, "done"),          # GCC's DRAP: CFA = *(rbp - 8)
-    "untouched": (1, "aborted"),     # FP into a file page never touched: unreadable to the
-                                     # kernel, so to replay too (live/residency.py)
+    "untouched": (2, "aborted"),     # FP into a file page and an anonymous page never
+                                     # touched: unreadable to the kernel, so to replay too
+                                     # (live/residency.py)
 }
 
 
@@ -161,26 +162,28 @@ def test_kernel_trace_equals_replay(program: str, start: Start) -> None:
     if program == "garbage.block":
         assert frames[-1].endswith("error native_pc_not_mapped>")
     if program == "untouched":
-        assert frames[-1].endswith("error native_read_return_address>")
+        for row in report.threads:
+            assert (row.live or [])[-1].endswith("error native_read_return_address>")
 
 
 def test_replay_reads_only_pages_the_kernel_could(start: Start) -> None:
-    """The difference live -compare found: the file has the bytes at the frame
-    pointer, the process has no page there, and the kernel's read fails."""
+    """The differences live -compare found: at each thread's frame pointer a file
+    (.rodata) or the core (zeros of untouched anonymous memory) has bytes, the
+    process has no page, and the kernel's read fails; replay must fail too."""
     running = start("untouched")
+    snapshot = PageSnapshot(running.pid, os.sysconf("SC_PAGE_SIZE"))
     with tempfile.TemporaryDirectory() as tmp:
         core = CoreFile(gcore(running.pid, tmp))
         process = process_from(core, discover_modules(core))
     try:
-        fp = process.threads[0].regs["rbp"]
-        assert process.read(fp, 16) is not None  # from the executable's file
-        reader = ResidentReader(process, running.pid)
-        try:
-            assert reader(fp, 16) is None and reader.refused == 1
-            sp = process.threads[0].regs["rsp"]
-            assert reader(sp, 16) == process.read(sp, 16)  # the stack: in the core
-        finally:
-            reader.close()
+        reader = ResidentReader(process, snapshot)
+        assert len(process.threads) == 2
+        for thread in process.threads:
+            fp, sp = thread.regs["rbp"], thread.regs["rsp"]
+            assert process.read(fp, 16) is not None  # the file's bytes, the core's zeros
+            assert reader(fp, 16) is None
+            assert reader(sp, 16) == process.read(sp, 16)  # the stack: present
+        assert reader.refused == 2
     finally:
         process.close()
 

@@ -56,5 +56,5 @@ build deep.limit "$CC" deep.c    -O1 -DDEPTH=6000
 if "$CC" -dumpmachine | grep -q '^x86_64'; then
     build realign "$CC" realign.c -O2 -mincoming-stack-boundary=3
     # -g0 after build's -g: no .debug_frame either, so only frame pointers unwind it
-    build untouched "$CC" untouched.c -O2 -g0 -fno-asynchronous-unwind-tables -fno-unwind-tables
+    build untouched "$CC" untouched.c -O2 -pthread -g0 -fno-asynchronous-unwind-tables -fno-unwind-tables
 fi

@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..bpf.bridge import RawFrame, TraceResult, get_unwinder
 from ..bpf.libbpf import LibbpfUnavailable
 from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
+from ..core.process import Process
 from ..formatting import format_trace
-from ..record.gcore import gcore
+from ..record.gcore import coredump_filter, gcore
 from ..replay import iter_threads, process_from
-from .residency import ResidentReader
+from .residency import PageSnapshot, ResidentReader
 from .session import LiveResult, LiveSession, live_unavailable_reason
 from .trigger import require_stoppable
+
+# ELF headers only (bit 4 of /proc/PID/coredump_filter): no memory of the process.
+MINIMAL_COREDUMP_FILTER = 0x10
 
 
 def frame_key(frame: RawFrame) -> tuple[int, ...]:
@@ -76,54 +82,77 @@ def _compare(live: TraceResult | None, replay: TraceResult,
     return True, ""
 
 
+def _core_process(pid: int, tmp: Path, *, minimal: bool) -> Process:
+    """A gcore of `pid` opened with its module files. `minimal`: the ELF headers
+    only (coredump_filter 0x10), which gdb reads without touching the process's
+    memory, so the page tables stay as they were (see live/residency.py)."""
+    tmp.mkdir()
+    with coredump_filter(pid, MINIMAL_COREDUMP_FILTER, "the model's core must not touch "
+                         "the process's memory") if minimal else nullcontext():
+        core = CoreFile(gcore(pid, tmp))
+    try:
+        files = discover_modules(core)
+    except BaseException:
+        core.close()
+        raise
+    return process_from(core, files)
+
+
 def run_live(pid: int, compare: bool = False, timeout: float = 2.0) -> LiveReport:
-    """gcore the process, load and fill the kernel unwinder, capture one trace per
-    thread; with `compare`, replay the core and compare thread by thread."""
+    """Capture one kernel trace per thread; with `compare`, replay a core of the
+    process and compare thread by thread.
+
+    The agent's model of the process (mappings, module files, threads) comes
+    from a minimal gcore, which reads no memory of the process; then the live
+    capture; then (compare) the page-table snapshot and the full gcore that is
+    replayed. The threads sleep in the same system calls throughout (gdb's
+    detach and the trigger only restart them), so both runs unwind one state."""
     seconds: dict[str, float] = {}
     reason = live_unavailable_reason()
     if reason:
         raise LibbpfUnavailable(f"coredump live cannot run here: {reason}")
+    require_stoppable(pid)
     with tempfile.TemporaryDirectory(prefix="coredump-live-") as tmp:
         start = time.perf_counter()
-        require_stoppable(pid)
-        core_path = gcore(pid, tmp)
-        core = CoreFile(core_path)
-        try:
-            files = discover_modules(core)
-        except BaseException:
-            core.close()
-            raise
-        process = process_from(core, files)
+        model = _core_process(pid, Path(tmp) / "model", minimal=True)
         seconds["gcore"] = time.perf_counter() - start
         try:
-            host = get_unwinder(process.arch)
-            with LiveSession(process, host) as session:
+            host = get_unwinder(model.arch)
+            with LiveSession(model, host) as session:
                 live = session.capture(timeout)
             seconds.update(load=live.timings.load, fill=live.timings.fill,
                            capture=live.timings.capture)
-            names = {m.file_id: m.name for m in process.all_modules()}
-            threads: list[ThreadComparison] = []
-            start = time.perf_counter()
             replayed: dict[int, TraceResult] = {}
-            if compare:  # the process still sleeps: its page tables are the kernel's view
-                reader = ResidentReader(process, pid)
+            if compare:
+                start = time.perf_counter()
+                snapshot = PageSnapshot(pid, model.core.page_size)
+                process = _core_process(pid, Path(tmp) / "replay", minimal=False)
+                seconds["gcore"] += time.perf_counter() - start
+                start = time.perf_counter()
                 try:
+                    reader = ResidentReader(process, snapshot)
                     replayed = {r.lwp: r.trace
                                 for r in iter_threads(process, reader=reader, unwinder=host)}
                 finally:
-                    reader.close()
-            seconds["replay"] = time.perf_counter() - start
-            for thread in process.threads:
+                    process.close()
+                seconds["replay"] = time.perf_counter() - start
+            names = {m.file_id: m.name for m in model.all_modules()}
+            threads: list[ThreadComparison] = []
+            for thread in model.threads:
                 trace = live.traces.get(thread.lwp)
                 row = ThreadComparison(thread.lwp,
                                        format_trace(trace, names) if trace else None, None,
                                        trace.status_name if trace else "")
                 if compare:
-                    theirs = replayed[thread.lwp]
-                    row.replay = format_trace(theirs, names)
-                    row.replay_status = theirs.status_name
-                    row.equal, row.problem = _compare(trace, theirs, thread.lwp in live.silent)
+                    theirs = replayed.get(thread.lwp)
+                    if theirs is None:
+                        row.equal, row.problem = False, "the thread is not in the second core"
+                    else:
+                        row.replay = format_trace(theirs, names)
+                        row.replay_status = theirs.status_name
+                        row.equal, row.problem = _compare(trace, theirs,
+                                                          thread.lwp in live.silent)
                 threads.append(row)
         finally:
-            process.close()
+            model.close()
     return LiveReport(pid, threads, live, seconds)
