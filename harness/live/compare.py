@@ -1,10 +1,10 @@
 """`coredump live -pid PID [-compare]`: the kernel's traces of a live process,
 and (with compare) the replay of a core of it beside them, thread by thread.
 
-The order is: gcore first, then the live traces. The agent needs a model of the
-process (its mappings and module files) and gets the one replay uses, from the
-core; the threads sleep in the same system calls throughout (gdb's detach and
-the trigger both only restart them), so the core's registers and stacks are the
+The order (run_live): a minimal gcore for the agent's model of the process,
+the live traces, the page-table snapshot, the full gcore that is replayed. The
+threads sleep in the same system calls throughout (gdb's detach and the
+trigger both only restart them), so the core's registers and stacks are the
 state each thread re-enters its system call with when the kernel unwinds it.
 """
 
