@@ -33,11 +33,13 @@ enum bpf_func_id {
   BPF_FUNC_get_smp_processor_id = 8,
   BPF_FUNC_tail_call = 12,
   BPF_FUNC_get_current_pid_tgid = 14,
-  BPF_FUNC_get_current_task = 35,
   BPF_FUNC_perf_event_output = 25,
+  BPF_FUNC_get_current_task = 35,
   BPF_FUNC_probe_read_user = 112,
   BPF_FUNC_probe_read_kernel = 113,
   BPF_FUNC_ringbuf_output = 130,
+  BPF_FUNC_get_current_task_btf = 158, /* kernel/live_entry.h only */
+  BPF_FUNC_task_pt_regs = 175,         /* kernel/live_entry.h only */
   BPF_FUNC_loop = 181,
 };
 
@@ -90,6 +92,12 @@ static long (*bpf_ringbuf_output)(void *ringbuf, void *data, u64 size, u64 flags
     (void *)BPF_FUNC_ringbuf_output;
 static long (*bpf_loop)(u32 nr_loops, void *callback_fn, void *callback_ctx, u64 flags) =
     (void *)BPF_FUNC_loop;
+/* coredump live's entry program (kernel/live_entry.h), which the host build has not. */
+struct task_struct;
+static struct task_struct *(*bpf_get_current_task_btf)(void) =
+    (void *)BPF_FUNC_get_current_task_btf;
+static const void *(*bpf_task_pt_regs)(struct task_struct *task) =
+    (void *)BPF_FUNC_task_pt_regs;
 
 #include "kernel/debug_print.h"
 

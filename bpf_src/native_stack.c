@@ -521,5 +521,8 @@ int native_tracer_entry(struct perf_event_ctx *ctx)
 
 /* Interpreter programs: they reuse the trace helpers above. */
 #include "python/unwind_python.h"
+#if defined(__bpf__)
+#include "kernel/live_entry.h" /* coredump live: the same unwinder at syscall entry */
+#endif
 
 char LICENSE[] SEC("license") = "GPL";

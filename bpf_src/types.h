@@ -276,6 +276,7 @@ enum unwind_error {
   ERR_PYTHON_READ_FRAME = 43,           /* a frame of the chain unreadable */
   ERR_PYTHON_MAX_FRAMES = 44,           /* the trace filled up during a Python walk */
   ERR_PYTHON_NO_THREAD_POINTER = 45,    /* <= 3.10 needs the thread pointer; unknown */
+  ERR_LIVE_READ_REGS = 80,              /* live: the thread's user registers unreadable */
 };
 
 enum trace_status {

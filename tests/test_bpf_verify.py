@@ -13,6 +13,7 @@ from harness.arch import AMD64, ARCH_NAMES, ARM64
 from harness.bpf import build as bpf_build
 from harness.bpf import libbpf, verifier
 from harness.bpf.bridge import get_unwinder
+from harness.bpf.debuginfo import read_layout
 from harness.cli import main
 from harness.paths import BPF_SRC, REPO_ROOT
 
@@ -45,6 +46,14 @@ def _programs(arch: str) -> list[str]:
     return sorted(get_unwinder(arch).layout.programs)
 
 
+def _kernel_only(arch: str) -> tuple[set[str], set[str]]:
+    """Programs and maps of the BPF build declared under bpf_src/kernel/ (coredump
+    live's entry), which the host build leaves out, from the BPF object's DWARF."""
+    layout = read_layout(bpf_build.build_unwinder_bpf(arch), BPF_SRC)
+    return ({p.name for p in layout.programs.values() if p.decl.startswith("bpf_src/kernel/")},
+            {m.name for m in layout.maps.values() if m.decl.startswith("bpf_src/kernel/")})
+
+
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_bpf_build_has_the_programs_and_maps_the_host_build_declares(arch: str) -> None:
     """Two readers of the same C agree: libbpf on the BPF object's BTF, and the
@@ -54,10 +63,13 @@ def test_bpf_build_has_the_programs_and_maps_the_host_build_declares(arch: str) 
     obj = bpf_build.build_unwinder_bpf(arch)
     assert bpf_build.btf_size(obj) > 0
     layout = get_unwinder(arch).layout
-    assert sorted(libbpf.program_names(str(obj))) == sorted(layout.programs)
+    kernel_programs, kernel_maps = _kernel_only(arch)
+    assert kernel_programs == {"live_syscall_entry"} and kernel_maps == {"live_targets"}
+    assert sorted(libbpf.program_names(str(obj))) == sorted({*layout.programs,
+                                                             *kernel_programs})
     # libbpf sizes the perf event array by CPU count at load time.
     specs = {m.name: m for m in libbpf.map_specs(str(obj))}
-    assert set(specs) == set(layout.maps)
+    assert set(specs) == {*layout.maps, *kernel_maps}
     for name, decl in layout.maps.items():
         m = specs[name]
         assert (m.type, m.key_size, m.value_size, m.flags) == (
@@ -71,7 +83,8 @@ def test_bpf_build_has_the_programs_and_maps_the_host_build_declares(arch: str) 
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_unwinder_programs_pass_the_kernel_verifier(arch: str, bpf_allowed: None) -> None:
     verdicts = verifier.verify_unwinder([arch])
-    assert sorted(v.program for v in verdicts) == _programs(arch)
+    assert sorted(v.program for v in verdicts) == sorted({*_programs(arch),
+                                                          *_kernel_only(arch)[0]})
     for v in verdicts:
         assert v.verified, f"{arch} {v.program} rejected:\n" + "\n".join(v.log_tail(20))
         assert v.processed_insns and v.processed_insns > 0
@@ -86,6 +99,8 @@ def test_unwinder_programs_pass_the_kernel_verifier(arch: str, bpf_allowed: None
         assert entry.prog_type == "perf_event" and not entry.note
     else:
         assert entry.prog_type == "tracepoint" and "ctx offset" in entry.note
+    # coredump live's entry is verified as the raw tracepoint program it runs as
+    assert by_name["live_syscall_entry"].prog_type == "raw_tracepoint"
 
 
 @pytest.mark.bpf
@@ -140,13 +155,18 @@ _ALLOWED_CONDITIONS = re.compile(
 
 def test_one_source_no_host_only_conditionals() -> None:
     """bpf_src chooses only the target architecture and, in bpf_defs.h, how
-    helpers are reached; no other #if may split host and BPF code."""
+    helpers are reached; no other #if may split host and BPF code, except to
+    include a kernel-only header of bpf_src/kernel/ (the live entry program,
+    which runs in the kernel only) and nothing else."""
     for path in sorted(BPF_SRC.glob("*.[ch]")):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines, 1):
             stripped = re.sub(r"/\*.*?\*/", "", line).strip()
             if not re.match(r"#\s*(if|ifdef|ifndef|elif|else|endif)\b", stripped):
                 continue
             assert _ALLOWED_CONDITIONS.fullmatch(stripped), f"{path.name}:{number}: {stripped}"
-            if "__bpf__" in stripped:
-                assert path.name == "bpf_defs.h", f"{path.name}:{number}: {stripped}"
+            if "__bpf__" in stripped and path.name != "bpf_defs.h":
+                body = [re.sub(r"/\*.*?\*/", "", x).strip() for x in lines[number:number + 2]]
+                assert re.fullmatch(r'#include "kernel/\w+\.h"', body[0]) and \
+                    body[1] == "#endif", f"{path.name}:{number}: {stripped} {body}"
 

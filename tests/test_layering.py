@@ -28,6 +28,7 @@ STAGES = [
     "diffing", "formatting", "replay",    # trace -> frames -> comparison (diffs for people)
     "check",                              # rules against the CPU (unicorn, capstone)
     "record",                             # coredump new / verify / record-qemu
+    "live",                               # coredump live: the kernel against replay
     "debug",                              # coredump debug / gdb
     "bench",                              # coredump bench: us against gdb, eu-stack
     "cli",                                # argparse and printing only

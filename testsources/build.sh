@@ -40,6 +40,7 @@ done
 # No .eh_frame for the program's own functions: unwinders must chain frame pointers / frame records.
 build chain.O2.nocfi "$CC" chain.c -O2 -fno-omit-frame-pointer -fno-asynchronous-unwind-tables -fno-unwind-tables
 build threads  "$CC"  threads.c  -O2 -pthread
+build blocked  "$CC"  blocked.c  -O2 -pthread
 build recurse  "$CC"  recurse.c  -O1
 build cxx      "$CXX" cxx.cpp    -O2 -std=c++17 -pthread
 build static   "$CC"  static.c   -O2 -static
@@ -49,11 +50,14 @@ build vdso     "$CC"  vdso.c     -O2 -pthread
 build deep     "$CC"  deep.c     -O1
 build vfork    "$CC"  vfork.c    -O2
 build garbage  "$CC"  garbage.c  -O2 -fno-omit-frame-pointer
+build garbage.block "$CC" garbage.c -O2 -fno-omit-frame-pointer -DBLOCK
 build deep.limit "$CC" deep.c    -O1 -DDEPTH=6000
 build sighandler "$CC" sighandler.c -O2 -pthread
 # x86_64 only: arm64's ABI keeps the stack 16-byte aligned, so GCC never needs a DRAP there.
 if "$CC" -dumpmachine | grep -q '^x86_64'; then
     build realign "$CC" realign.c -O2 -mincoming-stack-boundary=3
+    # -g0 after build's -g: no .debug_frame either, so only frame pointers unwind it
+    build untouched "$CC" untouched.c -O2 -pthread -g0 -fno-asynchronous-unwind-tables -fno-unwind-tables
 fi
 # musl is built without unwind tables: its libc is code without CFI (x86_64 only here).
 if "$CC" -dumpmachine | grep -q '^x86_64'; then

@@ -23,7 +23,7 @@ from ..helpers.bpf_helpers import EMULATED_TASK_THREAD_POINTER
 from ..helpers.ctype import LayoutError, StructType
 from ..interpreters.python import PythonLayout
 from ..paths import cache_root
-from .bridge import Unwinder
+from .backend import MapBackend
 from .delta_tables import TableFormat, module_tables
 from .interp_agent import attach_interpreters
 
@@ -46,7 +46,7 @@ def address_prefixes(start: int, end: int, addr_bits: int = 64) -> Iterator[tupl
         start += size
 
 
-def check_cfa_ops(unwinder: Unwinder) -> None:
+def check_cfa_ops(unwinder: MapBackend) -> None:
     """unwind_data produces the rules; the unwinder's enum cfa_op must mean the same."""
     c_ops = unwinder.layout.enum("cfa_op")
     python = {name: getattr(unwind_data, name) for name in dir(unwind_data)
@@ -60,7 +60,7 @@ def check_cfa_ops(unwinder: Unwinder) -> None:
 class Agent:
     """Fills an Unwinder's maps for one Process, by map and field name."""
 
-    def __init__(self, unwinder: Unwinder, process: Process,
+    def __init__(self, unwinder: MapBackend, process: Process,
                  cache_dir: str | Path | None = None) -> None:
         self.unwinder = unwinder
         self.process = process
@@ -152,6 +152,16 @@ class Agent:
             return
         self.loaded_file_ids.add(file_id)
         self.load_module_deltas(module)
+
+    def load_all_deltas(self) -> int:
+        """Every mapped module's deltas now, not on the unwinder's first miss: a
+        kernel map cannot call back (bpf/kernel.py). Returns the deltas written."""
+        count = 0
+        for file_id, module in sorted(self.modules_by_file_id.items()):
+            if file_id not in self.loaded_file_ids:
+                self.loaded_file_ids.add(file_id)
+                count += self.load_module_deltas(module)
+        return count
 
     def load_module_deltas(self, module: Module) -> int:
         """Write a module's stack deltas and rules into the maps (from the tables

@@ -18,7 +18,7 @@ from ..interpreters.python.facts import (
     FRAME_OBJECTS,
     INTERPRETER_FRAMES,
 )
-from .bridge import Unwinder
+from .backend import MapBackend
 
 RANGES_MAP = "interpreter_ranges"
 PYTHON_MAP = "python_layouts"
@@ -26,7 +26,7 @@ _ENUM_FIELDS = {"frame_model": (FRAME_OBJECTS, INTERPRETER_FRAMES),
                 "entry_marker": (ENTRY_IS_ENTRY, ENTRY_SHIM)}
 
 
-def attach_interpreters(unwinder: Unwinder, process: Process) -> dict[int, PythonLayout]:
+def attach_interpreters(unwinder: MapBackend, process: Process) -> dict[int, PythonLayout]:
     """Fill the interpreter maps for `process`; the layouts by file id (the formatter
     names Python frames with them)."""
     ranges_map = unwinder.maps.get(RANGES_MAP)

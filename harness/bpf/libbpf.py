@@ -36,7 +36,9 @@ from ..helpers.maps import MAP_CLASSES
 # enum bpf_prog_type values of the kernel's uapi bpf.h that the harness uses.
 BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_PROG_TYPE_PERF_EVENT = 7
-PROG_TYPE_NAMES = {BPF_PROG_TYPE_TRACEPOINT: "tracepoint", BPF_PROG_TYPE_PERF_EVENT: "perf_event"}
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+PROG_TYPE_NAMES = {BPF_PROG_TYPE_TRACEPOINT: "tracepoint", BPF_PROG_TYPE_PERF_EVENT: "perf_event",
+                   BPF_PROG_TYPE_RAW_TRACEPOINT: "raw_tracepoint"}
 
 # enum bpf_map_type names, for reports.
 MAP_TYPE_NAMES = {map_type: cls.type_name for map_type, cls in MAP_CLASSES.items()}
@@ -109,6 +111,20 @@ def _signatures(lib: ctypes.CDLL) -> None:
         "bpf_map__map_flags": (c_uint32, [c_void_p]),
         "bpf_map__fd": (c_int, [c_void_p]),
         "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, POINTER(c_uint32)]),
+        # the kernel back end of the maps and `coredump live` (bpf/kernel.py)
+        "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),
+        "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
+        "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
+        "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
+        "bpf_map_update_batch": (c_int, [c_int, c_void_p, c_void_p, POINTER(c_uint32),
+                                         c_void_p]),
+        "bpf_program__attach": (c_void_p, [c_void_p]),
+        "bpf_link__destroy": (c_int, [c_void_p]),
+        "bpf_enable_stats": (c_int, [c_int]),
+        "ring_buffer__new": (c_void_p, [c_int, c_void_p, c_void_p, c_void_p]),
+        "ring_buffer__poll": (c_int, [c_void_p, c_int]),
+        "ring_buffer__consume": (c_int, [c_void_p]),
+        "ring_buffer__free": (None, [c_void_p]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -245,6 +261,14 @@ def program_names(path: str) -> list[str]:
     lib = libbpf()
     with _open(path) as obj:
         return [lib.bpf_program__name(p).decode() for p in _programs(lib, obj)]
+
+
+def program_types(path: str) -> dict[str, int]:
+    """Each program's type as libbpf reads it from its section name."""
+    lib = libbpf()
+    with _open(path) as obj:
+        return {lib.bpf_program__name(p).decode(): int(lib.bpf_program__type(p))
+                for p in _programs(lib, obj)}
 
 
 def map_specs(path: str) -> list[MapSpec]:

@@ -133,11 +133,20 @@ def _with_trace(obj: Path, result: libbpf.LoadResult, prog_type: int) -> libbpf.
     return replace(result, log=traced.log)
 
 
-def verify_program(obj: Path, program: str, arch: str, trace: bool = False) -> Verdict:
+# Program types verified as their section says; every other program is
+# verified as perf_event, the type a profiler attaches the unwinder as.
+SECTION_TYPES = (libbpf.BPF_PROG_TYPE_RAW_TRACEPOINT,)
+
+
+def verify_program(obj: Path, program: str, arch: str, trace: bool = False,
+                   section_type: int | None = None) -> Verdict:
     """Load one program (with all maps at their declared sizes) as a perf_event
-    program; on the ctx-layout mismatch only, again as a tracepoint (see the
-    module docstring). `trace`: rejected programs carry the instruction log."""
-    prog_type = libbpf.BPF_PROG_TYPE_PERF_EVENT
+    program (or as `section_type`, one of SECTION_TYPES, for `coredump live`'s
+    raw_tp entry); on the ctx-layout mismatch only, again as a tracepoint (see
+    the module docstring). `trace`: rejected programs carry the instruction log."""
+    prog_type = section_type if section_type in SECTION_TYPES else \
+        libbpf.BPF_PROG_TYPE_PERF_EVENT
+    assert prog_type is not None
     result = _stats_load(obj, program, prog_type)
     kernel = kernel_arch()
     off = None if result.loaded else foreign_ctx_access(result.log, arch, kernel)
@@ -164,7 +173,8 @@ def require_bpf() -> None:
 def verify_object(obj: Path, arch: str, trace: bool = False) -> list[Verdict]:
     """Every program of a BPF object, each loaded on its own."""
     require_bpf()
-    return [verify_program(obj, name, arch, trace) for name in libbpf.program_names(str(obj))]
+    return [verify_program(obj, name, arch, trace, section_type)
+            for name, section_type in libbpf.program_types(str(obj)).items()]
 
 
 def verify_unwinder(arches: Sequence[str] = ARCH_NAMES, trace: bool = False) -> list[Verdict]:

@@ -30,6 +30,7 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "check": ("validate", "validate-deltas"),
     "debug": ("debug", "gdb"),
     "bpf": ("bpf-build", "bpf-verify"),
+    "live": ("live",),
     "bench": ("bench",),
     "data": ("upload", "export-module", "clean"),
 }

@@ -62,7 +62,7 @@ def cmd_bpf_verify(args: argparse.Namespace) -> int:
             verdicts += verifier.verify_object(obj, arch, args.trace)
     else:
         verdicts = verifier.verify_unwinder(_arches(args.arch), args.trace)
-    console = Console(width=max(Console().width, 100))
+    console = Console(width=max(Console().width, 120))
     console.print(_table(verdicts))
     for v in verdicts:
         if v.note:

@@ -180,6 +180,13 @@ class ArrayMap(BpfMap):
         start = index * self.value_size
         self._memory[start:start + len(value)] = value
 
+    def read(self, index: int, count: int) -> bytes:
+        """Elements [index, index + count) as bytes (the kernel back end has the same)."""
+        if index < 0 or index + count > self.max_entries:
+            raise IndexError(f"{self.name}: elements {index}..{index + count} exceed "
+                             f"max_entries {self.max_entries}")
+        return bytes(self._memory[index * self.value_size:(index + count) * self.value_size])
+
     def clear(self) -> None:
         # A fresh mapping: zero again, and the pages of the old one go back at once.
         del self._anchor
@@ -223,6 +230,10 @@ class HashMap(BpfMap):
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def entries(self) -> dict[bytes, bytes]:
+        """{key: value} as raw bytes (the kernel back end has the same)."""
+        return {key: buf.raw for key, buf in self._values.items()}
 
     def clear(self) -> None:
         self._values.clear()
@@ -284,6 +295,14 @@ class LpmTrieMap(BpfMap):
 
     def __len__(self) -> int:
         return self._count
+
+    def entries(self) -> dict[bytes, bytes]:
+        """{key: value} as raw bytes, keys as the kernel stores them: the prefix
+        length, then the data with the bits past the prefix zero."""
+        data_bytes = self.key_size - 4
+        return {length.to_bytes(4, "little")
+                + (prefix << (self.data_bits - length)).to_bytes(data_bytes, "big"): buf.raw
+                for length, level in self._levels.items() for prefix, buf in level.items()}
 
     def clear(self) -> None:
         self._levels.clear()

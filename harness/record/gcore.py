@@ -142,16 +142,24 @@ FULL_COREDUMP_FILTER = 0x3F  # anonymous + file-backed, private + shared, ELF he
 @contextmanager
 def full_coredump_filter(pid: int) -> Iterator[None]:
     """Make gcore (which honours coredump_filter) dump file pages too; restore after."""
+    with coredump_filter(pid, FULL_COREDUMP_FILTER,
+                         "without it the core lacks the modules' pages"):
+        yield
+
+
+@contextmanager
+def coredump_filter(pid: int, value: int, why: str = "gcore needs it") -> Iterator[None]:
+    """Set /proc/PID/coredump_filter (what gcore dumps) for a while; restore after."""
     path = Path(f"/proc/{pid}/coredump_filter")
     try:
         old = path.read_text().strip()
-        path.write_text(f"{FULL_COREDUMP_FILTER:#x}\n")
+        path.write_text(f"{value:#x}\n")
     except FileNotFoundError:
         raise HarnessError(f"process {pid} does not exist (has it exited?)") from None
     except OSError as e:
         raise HarnessError(
-            f"cannot set {path} to {FULL_COREDUMP_FILTER:#x} ({e.strerror}); without it the "
-            "core lacks the modules' pages: run as the process's owner or root") from e
+            f"cannot set {path} to {value:#x} ({e.strerror}); {why}: run as the process's "
+            "owner or root") from e
     try:
         yield
     finally:

@@ -39,6 +39,8 @@ from ..core.skinny import page_ranges, write_skinny_core
 from ..diffing import NATIVE_FRAME
 from ..errors import HarnessError
 from ..replay import process_from, thread_frames, unwind_process
+from .pystack_oracle import PythonFrame, pystack_frames
+from .verify import has_python_frames
 
 RED_ZONE = 256  # below SP: amd64's red zone is 128 bytes; gdb may look a little lower
 CODE_AROUND_PC = 64  # gdb's frame sniffers read the instructions around a frame's pc
@@ -133,16 +135,21 @@ def make_skinny(process: Process, files: dict[str, tuple[str | Path, str | None]
                              skinny.stat().st_size if ok else full.stat().st_size,
                              time.perf_counter() - start)
 
-    why = prove(skinny, files, threads, gdb_threads, rebuild_modules)
+    python = None
+    if gdb_threads is not None and has_python_frames(threads):
+        python = pystack_frames(process, full)  # the second oracle, on the full core
+    why = prove(skinny, files, threads, gdb_threads, rebuild_modules, python)
     return outcome(why is None, why)
 
 
 def prove(skinny: Path, files: dict[str, tuple[str | Path, str | None]],
           threads: list[ThreadFrames], gdb_threads: dict[int, list[str]] | None,
-          rebuild_modules: bool = False) -> str | None:
-    """None if the skinny core replays (and, with gdb_threads, gdb-backtraces) to the
-    same frames as the full core; else why not. rebuild_modules: the modules come
-    from the core's memory (a case without bundled modules), as replay will get them."""
+          rebuild_modules: bool = False,
+          python: dict[int, list[PythonFrame]] | None = None) -> str | None:
+    """None if the skinny core replays (and, with gdb_threads, gdb-backtraces; with
+    python, pystack-reads) to the same frames as the full core; else why not.
+    rebuild_modules: the modules come from the core's memory (a case without bundled
+    modules), as replay will get them."""
     core = CoreFile(skinny)
     if rebuild_modules:
         try:
@@ -168,6 +175,14 @@ def prove(skinny: Path, files: dict[str, tuple[str | Path, str | None]],
                 changed = sorted(lwp for lwp in gdb_threads
                                  if theirs.get(lwp) != gdb_threads[lwp])
                 return f"gdb's backtraces on it differ (threads {changed})"
+        if python is not None:
+            try:
+                again_python = pystack_frames(process, skinny)
+            except HarnessError as e:
+                return f"pystack fails on it: {e}"
+            if again_python != python:
+                changed = sorted(lwp for lwp in python if again_python.get(lwp) != python[lwp])
+                return f"pystack's Python frames on it differ (threads {changed})"
     finally:
         process.close()
     return None
