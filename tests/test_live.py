@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -247,3 +248,48 @@ def test_compare_sees_every_field_and_the_stop_reason() -> None:
     assert equal is False and "stop reason" in why
     assert _compare(None, base, False)[0] is False   # blocked, yet no trace: a difference
     assert _compare(None, base, True)[0] is None     # in user space: not compared
+
+
+# A Python process (CPython's frames between the native ones): threads in time.sleep
+# under two Python functions, as a profiler samples a sleeping service.
+PYTHON_SCRIPT = """\
+import threading, time
+def inner(n):
+    time.sleep(3600)
+def outer(n):
+    inner(n + 1)
+t = threading.Thread(target=outer, args=(1,), daemon=True)
+t.start()
+time.sleep(0.2)
+print("ready", flush=True)
+outer(0)
+"""
+PYTHONS = {f"py{v}": f"/root/.pyenv/versions/{full}/bin/python{v}"
+           for v, full in (("3.6", "3.6.15"), ("3.9", "3.9.18"), ("3.10", "3.10.13"),
+                           ("3.11", "3.11.7"), ("3.12", "3.12.1"), ("3.13", "3.13.0"))}
+PYTHONS["py3.11.debian"] = "/usr/bin/python3.11"
+
+
+@pytest.mark.parametrize("name", sorted(PYTHONS))
+def test_python_process_kernel_trace_equals_replay(name: str, tmp_path: Path) -> None:
+    """unwind_python in the kernel: <= 3.10 finds the thread state by the thread
+    pointer, read from the task at the offset in the kernel's BTF (live/kernel_btf.py);
+    3.11+ by the native thread id. Both threads' traces equal the replay's."""
+    python = PYTHONS[name]
+    if not os.path.exists(python):
+        pytest.skip(f"{python} is not installed (pyenv / Debian's python3.11)")
+    script = tmp_path / "sleepers.py"
+    script.write_text(PYTHON_SCRIPT)
+    proc = subprocess.Popen([python, str(script)], stdout=subprocess.PIPE)
+    try:
+        pid = _ready_pid(proc)
+        _all_blocked(pid)
+        report = run_live(pid, compare=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    _check_equal(report, 2)
+    for row in report.threads:
+        frames = row.live or []
+        assert any(f.startswith(f"inner+1 in {script}:3") for f in frames), frames
+        assert any(f.startswith(f"outer+1 in {script}:5") for f in frames), frames

@@ -61,9 +61,14 @@ class Agent:
     """Fills an Unwinder's maps for one Process, by map and field name."""
 
     def __init__(self, unwinder: MapBackend, process: Process,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None,
+                 task_thread_pointer: int = EMULATED_TASK_THREAD_POINTER) -> None:
+        """task_thread_pointer: where the thread pointer is in the kernel's task
+        struct, for unwinder_config: the emulator's own constant, or for the kernel
+        back end the running kernel's offset (live/kernel_btf.py; 0: unknown)."""
         self.unwinder = unwinder
         self.process = process
+        self.task_thread_pointer = task_thread_pointer
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
         self.modules_by_file_id: dict[int, Module] = {}
         self.loaded_file_ids: set[int] = set()
@@ -131,7 +136,7 @@ class Agent:
                 ra_mask = ~max(masks) & U64_MASK
         config: dict[str, int] = {"ra_mask": ra_mask}
         if self._struct(self._config, "value").has_field("task_thread_pointer"):
-            config["task_thread_pointer"] = EMULATED_TASK_THREAD_POINTER
+            config["task_thread_pointer"] = self.task_thread_pointer
         self._config.update_value(0, config)
 
     def _add_mapping(self, start: int, end: int, file_id: int, bias: int) -> None:

@@ -8,6 +8,7 @@ such as code and read-only data). Module files are mapped, not read.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import anon_code, linkmap
@@ -53,6 +54,9 @@ class Process:
     # Modules no file backs, found in the core's memory (the vDSO): mapped and
     # unwound like the others, never bundled or handed to gdb as files.
     memory_modules: list[Module] = field(default_factory=list)
+    # Read before the core: a live process's own memory (/proc/PID/mem), for the
+    # agent of `coredump live`, whose core holds no memory (live/compare.py).
+    live_memory: Callable[[int, int], bytes | None] | None = None
 
     def __post_init__(self) -> None:
         if not self.mappings:
@@ -181,6 +185,10 @@ class Process:
 
     def read(self, addr: int, size: int) -> bytes | None:
         """Bytes at addr from the core, else from the mapped file; None if unknown."""
+        if self.live_memory is not None:
+            live = self.live_memory(addr, size)
+            if live is not None:
+                return live
         data = self.core.read(addr, size)
         if data is not None:
             return data

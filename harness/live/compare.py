@@ -10,6 +10,7 @@ state each thread re-enters its system call with when the kernel unwinds it.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from contextlib import nullcontext
@@ -22,6 +23,7 @@ from ..core.discovery import discover_modules
 from ..core.elfcore import CoreFile
 from ..core.process import Process
 from ..formatting import format_trace
+from ..interpreters.python.code import CodeReader
 from ..record.gcore import coredump_filter, gcore
 from ..replay import iter_threads, process_from
 from .residency import PageSnapshot, ResidentReader
@@ -98,6 +100,37 @@ def _core_process(pid: int, tmp: Path, *, minimal: bool) -> Process:
     return process_from(core, files)
 
 
+class _ProcessMemory:
+    """A live process's memory, as a profiler's agent reads it: /proc/PID/mem. The
+    agent reads only what the interpreter layouts need (type objects, _PyRuntime:
+    pages the interpreter itself uses), so the page tables that live/residency.py
+    snapshots stay as the program left them."""
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self._fd: int | None = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+        except OSError:
+            self._fd = None  # the agent then reads the files, as before
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        if self._fd is None or size <= 0 or addr < 0 or addr + size > 1 << 63:
+            return None
+        try:
+            data = os.pread(self._fd, size, addr)
+        except OSError:
+            return None
+        return data if len(data) == size else None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _open_memory(pid: int) -> _ProcessMemory:
+    return _ProcessMemory(pid)
+
+
 def run_live(pid: int, compare: bool = False, timeout: float = 2.0) -> LiveReport:
     """Capture one kernel trace per thread; with `compare`, replay a core of the
     process and compare thread by thread.
@@ -116,10 +149,13 @@ def run_live(pid: int, compare: bool = False, timeout: float = 2.0) -> LiveRepor
         start = time.perf_counter()
         model = _core_process(pid, Path(tmp) / "model", minimal=True)
         seconds["gcore"] = time.perf_counter() - start
+        mem = _open_memory(pid)
+        model.live_memory = mem.read
         try:
             host = get_unwinder(model.arch)
             with LiveSession(model, host) as session:
                 live = session.capture(timeout)
+                layouts = dict(session.agent.python_layouts)
             seconds.update(load=live.timings.load, fill=live.timings.fill,
                            capture=live.timings.capture)
             replayed: dict[int, TraceResult] = {}
@@ -137,22 +173,27 @@ def run_live(pid: int, compare: bool = False, timeout: float = 2.0) -> LiveRepor
                     process.close()
                 seconds["replay"] = time.perf_counter() - start
             names = {m.file_id: m.name for m in model.all_modules()}
+            # Python frames are named from the live process's code objects, as a
+            # profiler's agent names them (the same names replay gives).
+            python = {file_id: CodeReader(model, layout) for file_id, layout in layouts.items()}
             threads: list[ThreadComparison] = []
             for thread in model.threads:
                 trace = live.traces.get(thread.lwp)
                 row = ThreadComparison(thread.lwp,
-                                       format_trace(trace, names) if trace else None, None,
+                                       format_trace(trace, names, python) if trace else None,
+                                       None,
                                        trace.status_name if trace else "")
                 if compare:
                     theirs = replayed.get(thread.lwp)
                     if theirs is None:
                         row.equal, row.problem = False, "the thread is not in the second core"
                     else:
-                        row.replay = format_trace(theirs, names)
+                        row.replay = format_trace(theirs, names, python)
                         row.replay_status = theirs.status_name
                         row.equal, row.problem = _compare(trace, theirs,
                                                           thread.lwp in live.silent)
                 threads.append(row)
         finally:
             model.close()
+            mem.close()
     return LiveReport(pid, threads, live, seconds)

@@ -16,6 +16,7 @@ from ..bpf.bridge import TraceResult, Unwinder, get_unwinder
 from ..bpf.kernel import KernelUnwinder, TraceRing
 from ..core.process import Process
 from ..errors import HarnessError
+from .kernel_btf import task_thread_pointer_offset
 from .trigger import in_system_call, interrupt_threads, thread_ids
 
 LIVE_ENTRY = "live_syscall_entry"
@@ -73,12 +74,19 @@ class LiveSession:
         self.host = host or get_unwinder(process.arch)  # decodes the records
         self.timings = Timings()
         start = time.perf_counter()
-        self.kernel = KernelUnwinder(process.arch, LIVE_PROGRAMS, self.host.source)
+        # Every program the entry may tail-call into (unwind_native, the interpreter
+        # unwinders), as the same program type as the entry.
+        programs = {**LIVE_PROGRAMS,
+                    **{name: RAW_TP for name in self.host.abi.tail_call_slots.values()}}
+        self.kernel = KernelUnwinder(process.arch, programs, self.host.source)
         try:
             self._check_records()
             self.timings.load = time.perf_counter() - start
             start = time.perf_counter()
-            self.agent = Agent(self.kernel, process)
+            # CPython <= 3.10 matches thread states by the thread pointer, which the
+            # kernel program reads from the task at the kernel's own offset.
+            self.agent = Agent(self.kernel, process,
+                               task_thread_pointer=task_thread_pointer_offset(process.arch) or 0)
             self.agent.attach()
             self.timings.deltas = self.agent.load_all_deltas()
             self.timings.fill = time.perf_counter() - start
