@@ -217,6 +217,12 @@ class CoreFile:
         finally:
             os.close(fd)
 
+    def release_pages(self) -> None:
+        """Let the kernel drop the pages this mapping has touched (MADV_DONTNEED;
+        later reads fault them in again), so that the page cache can say which
+        pages another program reads (record/oracle_reads.py)."""
+        self._mem().madvise(mmap.MADV_DONTNEED)
+
     def close(self) -> None:
         """Unmap the file. Idempotent; read() after close raises ValueError."""
         if self._mm is not None:

@@ -39,8 +39,9 @@ from ..core.skinny import page_ranges, write_skinny_core
 from ..diffing import NATIVE_FRAME
 from ..errors import HarnessError
 from ..replay import process_from, thread_frames, unwind_process
+from .oracle_reads import read_by
 from .pystack_oracle import PythonFrame, pystack_frames
-from .verify import has_python_frames
+from .verify import gdb_frames_of, has_python_frames
 
 RED_ZONE = 256  # below SP: amd64's red zone is 128 bytes; gdb may look a little lower
 CODE_AROUND_PC = 64  # gdb's frame sniffers read the instructions around a frame's pc
@@ -126,7 +127,15 @@ def make_skinny(process: Process, files: dict[str, tuple[str | Path, str | None]
     full = Path(process.core.path)
     seen = [f for t in threads for f in t.frames]
     seen += [f for frames in (gdb_threads or {}).values() for f in frames]
-    keep = kept_ranges(process, seen)
+    # pystack reads interpreter state beyond what the unwinder and its symbolizer
+    # read (it validates the interpreter's dicts, for one): what it reads is
+    # measured (oracle_reads.py). gdb's needs are the link map, stacks and code
+    # around frames (kept_ranges); measured, it would read whole qemu stacks.
+    python = None
+    oracle_pages: list[tuple[int, int]] = []
+    if gdb_threads is not None and has_python_frames(threads):
+        python, oracle_pages = read_by(process.core, lambda: pystack_frames(process, full))
+    keep = page_ranges([*kept_ranges(process, seen), *oracle_pages], process.core.page_size)
     skinny = out_dir / (full.name + ".skinny")
     write_skinny_core(process.core, keep, skinny)
 
@@ -135,9 +144,6 @@ def make_skinny(process: Process, files: dict[str, tuple[str | Path, str | None]
                              skinny.stat().st_size if ok else full.stat().st_size,
                              time.perf_counter() - start)
 
-    python = None
-    if gdb_threads is not None and has_python_frames(threads):
-        python = pystack_frames(process, full)  # the second oracle, on the full core
     why = prove(skinny, files, threads, gdb_threads, rebuild_modules, python)
     return outcome(why is None, why)
 
@@ -168,8 +174,6 @@ def prove(skinny: Path, files: dict[str, tuple[str | Path, str | None]],
             changed = [t.lwp for t, u in zip(threads, again, strict=False) if t != u]
             return f"replaying it gives other frames (threads {changed})"
         if gdb_threads is not None:
-            from .verify import gdb_frames_of
-
             theirs = gdb_frames_of(process, skinny)
             if theirs != gdb_threads:
                 changed = sorted(lwp for lwp in gdb_threads
@@ -217,7 +221,6 @@ def reskinny_case(case: TestCase, check_gdb: bool = True) -> Reskinned:
     case file then names the new skinny core and its full-ref. Frames must replay
     from the full core as the case has them (else rebase first)."""
     from ..check.case_check import validate_process
-    from .verify import gdb_frames_of
 
     label = case_label(case.path) if case.path else case.name
     store = store_for(case)
