@@ -349,6 +349,8 @@ static __always_inline enum trace_status unwind_to_caller(struct unwind_state *s
   return TRACE_STATUS_RUNNING;
 }
 
+#include "go_stack.h"
+
 /* Unwinds one frame. Returns TRACE_STATUS_RUNNING while there are more. */
 static __always_inline enum trace_status unwind_step(struct unwind_scratch *scratch)
 {
@@ -376,6 +378,8 @@ static __always_inline enum trace_status unwind_step(struct unwind_scratch *scra
     return end_trace(trace);
   if (rule.cfa_op == CFA_SIGNAL)
     return unwind_signal_frame(st, trace);
+  if (rule.cfa_op == CFA_GO_STACK_SWITCH || rule.cfa_op == CFA_GO_ASMCGOCALL)
+    return unwind_go_switch(st, &rule, trace, frame);
 
   status = compute_cfa(st, &rule, trace, &cfa);
   if (status != TRACE_STATUS_RUNNING)

@@ -96,6 +96,9 @@ enum cfa_op {
   CFA_PLT = 4,     /* CFA = SP + cfa_param + ((PC % PLT_ENTRY_SIZE) >= aux ? 8 : 0) */
   CFA_SIGNAL = 5,  /* signal trampoline: registers come from the signal frame */
   CFA_DEREF_FP = 6, /* realigned stack (GCC's DRAP): CFA = *(FP + cfa_param) */
+  /* Go (bpf_src/go_stack.h, harness/unwind_data/go_deltas.py): */
+  CFA_GO_STACK_SWITCH = 10, /* runtime.systemstack on g0: cannot be followed, error frame */
+  CFA_GO_ASMCGOCALL = 11,   /* runtime.asmcgocall: back from the system stack to the goroutine's */
 };
 
 /* unwind_rule.aux of a CFA_DEREF_FP rule: the caller's FP is at FP + fp_offset
@@ -200,6 +203,8 @@ enum unwind_error {
   ERR_NATIVE_DELTA_SEARCH_EXHAUSTED = 12, /* DELTA_SEARCH_STEPS ran out (page too large) */
   ERR_NATIVE_EMPTY_DELTA_PAGE = 13,     /* a delta page with no deltas */
   ERR_NATIVE_READ_CFA = 14,             /* CFA_DEREF_FP: the CFA's stack slot unreadable */
+  ERR_GO_STACK_SWITCH = 60,     /* runtime.systemstack on g0: the goroutine's stack is unknown */
+  ERR_GO_READ_CGO_FRAME = 61,   /* asmcgocall's saved g / stack depth unreadable */
 };
 
 enum trace_status {

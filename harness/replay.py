@@ -23,6 +23,7 @@ from .diffing import Annotate, frame_annotator, frame_diff
 from .formatting import format_trace
 from .helpers.bpf_helpers import MemoryReader
 from .paths import TESTDATA
+from .unwind_data.gosym import go_tables
 
 
 @dataclass
@@ -89,11 +90,12 @@ def iter_threads(process: Process, fault_addresses: frozenset[int] = frozenset()
         agent.attach()
     read = reader or process.read
     names = {m.file_id: m.name for m in process.all_modules()}
+    go = go_tables(process.all_modules())
     for thread in process.threads:
         if lwp is not None and thread.lwp != lwp:
             continue
         trace = unwinder.unwind(thread.regs, process.pid, thread.lwp, read, fault_addresses)
-        yield ThreadResult(thread.lwp, format_trace(trace, names), trace)
+        yield ThreadResult(thread.lwp, format_trace(trace, names, go), trace)
 
 
 def unwind_process(process: Process, fault_addresses: frozenset[int] = frozenset(),

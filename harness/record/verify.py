@@ -25,6 +25,7 @@ from ..confine import place_under
 from ..core.process import Process
 from ..diffing import Annotate, frame_annotator, frame_diff, hunks
 from ..replay import open_case
+from ..unwind_data.gosym import go_frame, go_tables
 from .gdb_oracle import gdb_backtraces, gdb_for, make_sysroot
 
 
@@ -81,6 +82,7 @@ def gdb_frames(process: Process, core_path: str | Path, exe: str,
     if not process.core.mappings:
         symbol_files = [(str(m.local_path), obj.bias) for obj in process.loaded_objects()
                         if (m := process.modules.get(obj.path)) is not None]
+    go = go_tables(process.all_modules())  # Go frames in the spelling ours have
     for thread in gdb_backtraces(str(core_path), exe, sysroot, gdb=gdb_for(process.arch),
                                  symbol_files=symbol_files):
         frames = []
@@ -91,7 +93,7 @@ def gdb_frames(process: Process, core_path: str | Path, exe: str,
                 frames.append(f"<gdb: {pc:#x} outside known modules>")
             else:
                 module, vaddr = found
-                frames.append(f"{module.name}+{vaddr:#x}")
+                frames.append(go_frame(go, module.file_id, vaddr) or f"{module.name}+{vaddr:#x}")
         result[thread.lwp] = frames
     return result
 
