@@ -47,7 +47,12 @@ def _fp_traces(case_path: Path) -> list[tuple[list[str], list[str]]]:
         process.close()
 
 
-FP_CASES = [p for p in find_cases(TESTDATA) if "nofp" not in p.stem]
+# Go keeps frame pointers, but its walks end at Go's stack roots (goexit, mstart,
+# mcall) and a cgo callback leaves the goroutine's stack through g's saved state,
+# where the frame-pointer chain runs on (past goexit, or into the C frames on the
+# system stack): not the same walk, so Go cases are left out.
+FP_CASES = [p for p in find_cases(TESTDATA)
+            if "nofp" not in p.stem and not p.stem.startswith("go.")]
 
 
 def test_the_walker_is_described_by_its_own_debug_info() -> None:

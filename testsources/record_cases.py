@@ -57,7 +57,13 @@ CASES = [
     ("vfork", "vfork", "kernel"),  # the parent, in vfork(): a fatal signal ends its wait
     ("vfork.child", "vfork", "gcore-child"),   # the child, on the parent's stack
     ("garbage", "garbage", "gcore"),
+    ("go.goroutines", "go.goroutines", "gcore"),  # Go: pclntab deltas, goroutine/g0 roots
+    ("go.goroutines.stripped", "go.goroutines.stripped", "gcore"),  # -ldflags=-s -w
+    ("go.cgo", "go.cgo", "gcore"),  # C frames and Go frames in one thread, both ways
 ]
+
+# gdb's executable where the bundled one is stripped: the unstripped twin of the same build.
+GDB_EXECUTABLES = {"go.goroutines.stripped": "go.goroutines"}
 
 # Differences from gdb that a case explains (per frame, as `new -gdb-differences`).
 GDB_DIFFERENCES = {
@@ -68,6 +74,17 @@ GDB_DIFFERENCES = {
                   "it with the explicit native_max_frames error frame, where gdb goes on to "
                   "main and _start",
 }
+
+_GO_ROOTS = ("the walk ends at Go's stack roots (runtime.goexit under every goroutine, "
+             "runtime.mstart under a thread's g0 stack, runtime.mcall where g0 runs the "
+             "scheduler for a parked goroutine), as Go's own traceback and the reference "
+             "tool end it; gdb goes on past them, reading whatever words lie above (a zero "
+             "return address, small integers, from mstart runtime.clone or in a cgo binary "
+             "the C thread start)")
+for _name in ("go.goroutines", "go.goroutines.stripped", "go.cgo", "go.spinStep.pro.entry",
+              "go.spinStep.pro.str", "go.spinStep.epi.ldp",
+              "go.spinStep.epi.ret"):
+    GDB_DIFFERENCES[_name] = _GO_ROOTS
 
 # arm64 cases, recorded under qemu-user: (case name, program, site or None).
 # A site stops the program at one instruction (see harness/record/qemu.py);
@@ -88,6 +105,12 @@ ARM64_CASES = [
     ("cxx", "cxx", None),
     ("static", "static", None),
     ("deep", "deep", None),
+    ("go.goroutines", "go.goroutines", None),  # Go 1.19 cross-built, pclntab deltas
+    # A Go function's prologue and epilogue (main.spinStep, a 32-byte frame):
+    ("go.spinStep.pro.entry", "go.goroutines", "main.spinStep+0x0"),  # RA in LR
+    ("go.spinStep.pro.str", "go.goroutines", "main.spinStep+0x10"),   # after str x30, [sp,#-32]!
+    ("go.spinStep.epi.ldp", "go.goroutines", "main.spinStep+0x24"),   # after ldp, before add sp
+    ("go.spinStep.epi.ret", "go.goroutines", "main.spinStep+0x28"),   # on ret: RA in LR again
 ]
 
 
@@ -139,7 +162,7 @@ def record_arm64(args: argparse.Namespace) -> None:
             continue
         started = time.perf_counter()
         case = record_under_qemu(name, [str(BUILD_ARM64 / program)], site_spec=site,
-                                 force=args.force)
+                                 force=args.force, gdb_differences=GDB_DIFFERENCES.get(name))
         frames = sum(len(t.frames) for t in case.threads)
         print(f"== arm64/{name}: {len(case.threads)} threads, {frames} frames, "
               f"{time.perf_counter() - started:.1f} s")
@@ -165,9 +188,11 @@ def main() -> int:
             try:
                 if method.startswith("gcore"):
                     pid = ready_pid if method == "gcore-child" else proc.pid
+                    twin = GDB_EXECUTABLES.get(name)
                     case = record_case(name, pid=pid, force=args.force, progress=print,
                                        bundle_modules=method != "gcore-nobundle",
-                                       gdb_differences=GDB_DIFFERENCES.get(name))
+                                       gdb_differences=GDB_DIFFERENCES.get(name),
+                                       gdb_executable=str(BUILD / twin) if twin else None)
                 else:
                     case = record_case(name, core=kernel_core(proc, cwd, ready_pid),
                                        force=args.force, progress=print)

@@ -57,6 +57,7 @@ def cmd_new(args: argparse.Namespace) -> int:
             executable=args.executable, gdb_differences=args.gdb_differences,
             check_gdb=not args.no_gdb_check, force=args.force, progress=progress,
             testdata=Path(args.testdata), bundle_modules=not args.no_module_bundling,
+            gdb_executable=args.gdb_executable,
         )
     bundled = ("modules read from the core" if args.no_module_bundling
                else f"{len(case.modules)} modules bundled")
@@ -110,6 +111,9 @@ def register(sub: Subparsers) -> None:
               "as a waiver with this explanation (any later difference still fails)")
     flag(p, "no-gdb-check", dest="no_gdb_check", action="store_true",
          help="skip the gdb comparison")
+    flag(p, "gdb-executable", dest="gdb_executable",
+         help="give gdb this file as the executable: the unstripped twin of a stripped "
+              "build (stored with the case; `verify` uses it again)")
     flag(p, "force", action="store_true", help="overwrite an existing case")
     testdata_flag(p, "testdata directory to write to (default: the repository's)")
     p.set_defaults(func=cmd_new)

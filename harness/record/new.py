@@ -28,6 +28,7 @@ from ..core.process import Process
 from ..errors import HarnessError
 from ..paths import TESTDATA, cache_root
 from ..replay import open_case, process_from, thread_frames, unwind_process
+from .core_compact import drop_no_access_segments, no_access_ranges
 from .gcore import full_coredump_filter, gcore
 from .gdb_oracle import gdb_available, gdb_for
 from .verify import compare_with_gdb
@@ -78,7 +79,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
                 store: BlobStore | None = None, testdata: Path = TESTDATA,
                 gdb_differences: str | None = None, check_gdb: bool = True,
                 force: bool = False, bundle_modules: bool = True,
-                progress: Progress = _quiet, temporary_core: bool = False) -> TestCase:
+                progress: Progress = _quiet, temporary_core: bool = False,
+                gdb_executable: str | Path | None = None) -> TestCase:
     """Create testdata/<arch>/<name>.json from a core or a running process.
 
     Module files are found in `sysroot` (one directory or several, searched in
@@ -88,6 +90,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
     rebuilds them from the core's memory (core/memory_modules.py), which needs a
     core with file pages. A core made for this recording (gcore, or
     `temporary_core` as record-qemu's) is kept in the cache if the recording fails.
+    `gdb_executable` is what gdb gets as the executable: the unstripped twin of a
+    stripped build (stored too, as the case's `gdb-executable`).
     """
     if (core is None) == (pid is None):
         raise HarnessError("give exactly one of -core FILE and -pid PID")
@@ -99,11 +103,16 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
     with tempfile.TemporaryDirectory(prefix="coredump-new-") as tmp:
         if pid is not None:
             progress(f"running gcore on pid {pid}")
+            no_access = no_access_ranges(pid)
             if bundle_modules:
                 core = gcore(pid, tmp)
             else:
                 with full_coredump_filter(pid):
                     core = gcore(pid, tmp)
+            dropped = drop_no_access_segments(Path(core), no_access)
+            if dropped:
+                progress(f"left out {dropped >> 20} MiB of PROT_NONE mappings gcore wrote as "
+                         "zeros")
         assert core is not None
         core_path = Path(core)
         core_file = CoreFile(core_path)
@@ -131,13 +140,14 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
             try:
                 threads, module_refs, waivers = _unwind_and_bundle(
                     process, core_path, store, bundle_modules, check_gdb, gdb_differences,
-                    progress, missing)
+                    progress, missing, gdb_executable)
             finally:
                 process.close()
             progress(f"storing the core ({core_path.stat().st_size} bytes)")
             core_ref = store.put_file(core_path)
+            twin_ref = store.put_file(gdb_executable) if gdb_executable else None
             case = TestCase(core_ref, threads, module_refs, gdb_differences=waivers,
-                            no_module_bundling=not bundle_modules)
+                            no_module_bundling=not bundle_modules, gdb_executable=twin_ref)
             case.path = target
             _check_replay(case, store, threads)
         except HarnessError as e:
@@ -176,7 +186,8 @@ def _keep_failed(core: Path, name: str, pid: int | None,
 
 def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                        bundle_modules: bool, check_gdb: bool, gdb_differences: str | None,
-                       progress: Progress, missing: Sequence[str] = ()
+                       progress: Progress, missing: Sequence[str] = (),
+                       gdb_executable: str | Path | None = None
                        ) -> tuple[list[ThreadFrames], list[ModuleRef], list[GdbWaiver]]:
     """Unwind every thread, check with gdb, store the modules to bundle.
 
@@ -192,7 +203,8 @@ def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
             raise HarnessError(f"{gdb} is needed to cross-check a new case; install it or "
                                "pass -no-gdb-check")
         progress("comparing with gdb")
-        comparison = compare_with_gdb(process, core_path, threads)
+        comparison = compare_with_gdb(process, core_path, threads,
+                                      gdb_executable=gdb_executable)
         exe = process.executable_path()
         lacking = [p for p in missing if ".so" in os.path.basename(p) or p == exe]
         if comparison.problems and lacking:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cases.case_file import GdbWaiver, TestCase, ThreadFrames
-from ..cases.store import BlobStore
+from ..cases.store import BlobStore, store_for
 from ..confine import place_under
 from ..core.process import Process
 from ..diffing import Annotate, frame_annotator, frame_diff, hunks
@@ -100,15 +100,20 @@ def gdb_frames(process: Process, core_path: str | Path, exe: str,
 
 def compare_with_gdb(process: Process, core_path: str | Path,
                      threads: list[ThreadFrames], waivers: Sequence[GdbWaiver] = (),
-                     annotate: Annotate | None = None) -> GdbComparison:
+                     annotate: Annotate | None = None,
+                     gdb_executable: str | Path | None = None) -> GdbComparison:
     """Compare our frames with gdb's, thread by thread; `waivers` are the case's
-    accepted differences, `annotate` adds symbols to the diffs shown."""
+    accepted differences, `annotate` adds symbols to the diffs shown.
+    `gdb_executable` is the file gdb gets as the executable (a stripped build's
+    unstripped twin: the same code, with the symbols and DWARF gdb needs)."""
     exe = process.executable_path()
     if exe is None or exe not in process.modules:
         problem = "cannot find the executable of the core for gdb"
         return GdbComparison([problem], {}, unwaivable=[problem])
     with tempfile.TemporaryDirectory(prefix="coredump-sysroot-") as tmp:
         files = {path: str(m.local_path) for path, m in process.modules.items()}
+        if gdb_executable is not None:
+            files[exe] = str(gdb_executable)
         sysroot = make_sysroot(tmp, files)
         exe_local = str(place_under(sysroot, exe))
         theirs = gdb_frames(process, core_path, exe_local, sysroot)
@@ -158,9 +163,11 @@ def judge(threads: list[ThreadFrames], theirs: dict[int, list[str]],
 
 def verify_case(case: TestCase, store: BlobStore | None = None) -> GdbComparison:
     """Re-run the gdb comparison for a recorded case."""
+    store = store or store_for(case)
+    twin = store.local_path(case.gdb_executable) if case.gdb_executable else None
     process = open_case(case, store)
     try:
         return compare_with_gdb(process, process.core.path, case.threads,
-                                case.gdb_differences)
+                                case.gdb_differences, gdb_executable=twin)
     finally:
         process.close()

@@ -31,7 +31,7 @@ import os
 
 from ..arch import AMD64, ARM64
 from ..core import elf
-from .deltas import _clip, _Coverage
+from .deltas import _clip, _Coverage, _make_rule
 from .model import (
     _SIGNAL_RULE,
     _STOP_RULE,
@@ -78,7 +78,7 @@ _ARM64_MOV_SP_X20 = bytes.fromhex("9f020091")  # mov sp, x20
 
 
 def _rule(cfa_op: int, cfa_param: int, fp_offset: int, ra_offset: int) -> UnwindRule:
-    return UnwindRule(cfa_op, cfa_param, fp_offset=fp_offset, ra_offset=ra_offset)
+    return _make_rule(cfa_op, cfa_param, fp_offset, ra_offset, 0)  # interned: few distinct
 
 
 class _Code:
