@@ -15,6 +15,12 @@
  * - runtime.systemstack on g0 (CFA_GO_STACK_SWITCH): the goroutine's state is
  *   only in g->sched, and g is in thread-local storage, which a perf event's
  *   registers do not give; the walk ends with ERR_GO_STACK_SWITCH.
+ * - Go's vDSO calls (nanotime1, walltime, time.now) keep the SP of their frame
+ *   in a callee-saved register (r12 / x20) while SP is on g0 (CFA_GO_SAVED_SP,
+ *   between the two moves): the top frame's register gives the CFA. A caller
+ *   frame there (below the vDSO's code) would need that register restored
+ *   through the vDSO's CFI, which the unwinder does not track: the walk ends
+ *   with ERR_GO_STACK_SWITCH.
  */
 #ifndef UNWINDER_GO_STACK_H
 #define UNWINDER_GO_STACK_H
@@ -80,6 +86,31 @@ static __always_inline enum trace_status unwind_go_asmcgocall(struct unwind_stat
 #endif
 }
 
+/* A Go vDSO call, stopped on g0 with its old SP in a register. */
+static __always_inline enum trace_status unwind_go_saved_sp(struct unwind_state *st,
+                                                            const struct unwind_rule *rule,
+                                                            struct trace *trace,
+                                                            struct frame *frame)
+{
+  if (st->return_address || !st->go_saved_sp) {
+    DEBUG_PRINT("go: vDSO call at pc 0x%llx: its SP register is known only in the top frame",
+                st->pc);
+    return abort_trace(trace, ERR_GO_STACK_SWITCH, 0);
+  }
+  u64 cfa = st->go_saved_sp + (s64)rule->cfa_param;
+  u64 ra, fp;
+  enum trace_status status = read_return_address(st, rule, cfa, trace, &ra);
+  if (status != TRACE_STATUS_RUNNING)
+    return status;
+  status = read_frame_pointer(st, rule, cfa, trace, &fp);
+  if (status != TRACE_STATUS_RUNNING)
+    return status;
+  frame->cfa = cfa;
+  /* The goroutine's stack, not g0's: no "stack progresses" check. */
+  enter_caller(st, ra & return_address_mask(), cfa, fp);
+  return TRACE_STATUS_RUNNING;
+}
+
 static __always_inline enum trace_status unwind_go_switch(struct unwind_state *st,
                                                           const struct unwind_rule *rule,
                                                           struct trace *trace,
@@ -87,6 +118,8 @@ static __always_inline enum trace_status unwind_go_switch(struct unwind_state *s
 {
   if (rule->cfa_op == CFA_GO_ASMCGOCALL)
     return unwind_go_asmcgocall(st, rule, trace, frame);
+  if (rule->cfa_op == CFA_GO_SAVED_SP)
+    return unwind_go_saved_sp(st, rule, trace, frame);
   DEBUG_PRINT("go: stack switch at pc 0x%llx cannot be followed", st->pc);
   return abort_trace(trace, ERR_GO_STACK_SWITCH, 0);
 }

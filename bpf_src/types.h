@@ -99,6 +99,7 @@ enum cfa_op {
   /* Go (bpf_src/go_stack.h, harness/unwind_data/go_deltas.py): */
   CFA_GO_STACK_SWITCH = 10, /* runtime.systemstack on g0: cannot be followed, error frame */
   CFA_GO_ASMCGOCALL = 11,   /* runtime.asmcgocall: back from the system stack to the goroutine's */
+  CFA_GO_SAVED_SP = 12,     /* a Go vDSO call on g0: CFA = go_saved_sp + cfa_param (top frame) */
 };
 
 /* unwind_rule.aux of a CFA_DEREF_FP rule: the caller's FP is at FP + fp_offset
@@ -241,6 +242,8 @@ struct unwind_state {
   u8 return_address; /* pc is a return address: look up pc - 1 */
   u8 signal_frame;   /* the current frame was interrupted by a signal */
   u8 pad[5];
+  u64 go_saved_sp;   /* the top frame's register where Go's vDSO calls keep the old SP
+                      * (r12 / x20; bpf_src/go_stack.h); 0 once unknown */
 };
 
 /* Per-CPU scratch: too large for the 512-byte BPF stack. */

@@ -33,6 +33,7 @@ from .model import (
     CFA_DEREF_FP,
     CFA_FP,
     CFA_GO_ASMCGOCALL,
+    CFA_GO_SAVED_SP,
     CFA_GO_STACK_SWITCH,
     CFA_INVALID,
     CFA_PLT,
@@ -48,7 +49,7 @@ from .model import (
     plt_pushed_bytes,
 )
 
-__all__ = ["CFA_DEREF_FP", "CFA_FP", "CFA_GO_ASMCGOCALL", "CFA_GO_STACK_SWITCH",
+__all__ = ["CFA_DEREF_FP", "CFA_FP", "CFA_GO_ASMCGOCALL", "CFA_GO_SAVED_SP", "CFA_GO_STACK_SWITCH",
            "CFA_INVALID", "CFA_PLT", "CFA_SIGNAL", "CFA_SP", "CFA_STOP",
            "FORMAT_VERSION", "FP_AT_FP", "FRAME_POINTER_RULE", "PLT_ENTRY_SIZE", "ModuleUnwindData",
            "UnwindRule", "extract_unwind_data", "load_unwind_data", "module_unwind_data",

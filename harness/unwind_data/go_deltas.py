@@ -18,16 +18,18 @@ Where Go's stack switches make a return address lead to another stack, the
 function gets a rule of its own (see `_SPECIAL`): the roots of goroutine and
 thread stacks stop the walk, the kernel's return into Go's signal trampoline
 is a signal frame, `asmcgocall` (Go calling C on the system stack) is followed
-back to the goroutine stack on amd64, and `systemstack` on the g0 stack and the
-vDSO calls (`nanotime1`, `walltime`, `time.now`) end the walk with an error
-frame (following them needs the goroutine pointer from thread-local storage or
-a register the unwinder does not carry).
+back to the goroutine stack on amd64, the vDSO calls (`nanotime1`, `walltime`,
+`time.now`) are followed from the top frame through the register that holds
+their SP while SP is on g0, and `systemstack` on the g0 stack (or a vDSO call
+below the vDSO's own frame) ends the walk with an error frame (following it
+needs the goroutine pointer from thread-local storage).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+from itertools import pairwise
 
 from ..arch import AMD64, ARM64
 from ..core import elf
@@ -36,6 +38,7 @@ from .model import (
     _SIGNAL_RULE,
     _STOP_RULE,
     CFA_GO_ASMCGOCALL,
+    CFA_GO_SAVED_SP,
     CFA_GO_STACK_SWITCH,
     CFA_SP,
     UnwindRule,
@@ -60,10 +63,10 @@ GO_SYSTEM_STACK = "runtime.systemstack"
 # the unwinder does not carry (runtime/sys_linux_amd64.s, nanotime1): a caller
 # frame here ends the walk with the error frame, as systemstack does.
 GO_VDSO_CALLS = frozenset({"runtime.nanotime1", "runtime.walltime", "runtime.walltime1",
-                           "time.now",
-                           # the scheduler's jump onto a goroutine's stack (JMP, never a
-                           # caller); past its SP switch nothing relates SP to a frame
-                           "gogo", "runtime.gogo"})
+                           "time.now"})
+# The scheduler's jump onto a goroutine's stack (JMP, never a caller): past its SP
+# switch nothing relates SP to a frame.
+GO_GOGO = frozenset({"gogo", "runtime.gogo"})
 GO_ASMCGOCALL = "runtime.asmcgocall"
 GO_SYSTEM_STACK_SWITCH = "runtime.systemstack_switch"
 _INT3 = b"\xcc"
@@ -154,7 +157,7 @@ def _special_rule(name: str, machine: str, code: _Code, func: GoFunc) -> UnwindR
         return _STOP_RULE
     if name in GO_SIGNAL_RETURN:
         return _SIGNAL_RULE
-    if name == GO_SYSTEM_STACK or name in GO_VDSO_CALLS:
+    if name == GO_SYSTEM_STACK or name in GO_GOGO:
         return _rule(CFA_GO_STACK_SWITCH, 0, 0, 0)
     if name == GO_ASMCGOCALL:
         slots = _asmcgocall_slots(code, func) if machine == AMD64 else None
@@ -194,6 +197,45 @@ def _asmcgocall_slots(code: _Code, func: GoFunc) -> tuple[int, int] | None:
     return (slots[0], slots[1]) if len(slots) == 2 else None
 
 
+# Go's vDSO calls save SP in a callee-saved register, move SP to g0 (or align it),
+# call the vDSO and move it back: `MOVQ SP, R12` ... `MOVQ R12, SP` on amd64,
+# `MOVD RSP, R20` ... `MOVD R20, RSP` on arm64 (runtime/sys_linux_*.s).
+_SAVE_SP = {AMD64: bytes.fromhex("4989e4"), ARM64: bytes.fromhex("f4030091")}
+_RESTORE_SP = {AMD64: bytes.fromhex("4c89e4"), ARM64: _ARM64_MOV_SP_X20}
+
+
+_RET = {AMD64: b"\xc3", ARM64: bytes.fromhex("c0035fd6")}
+
+
+def _vdso_call_pieces(pieces: list[Piece], code: _Code, func: GoFunc,
+                      machine: str) -> list[Piece]:
+    """A vDSO call's pieces with CFA_GO_SAVED_SP where the register holds the frame's
+    SP and SP itself may be on g0: from after the SP save through the SP restore,
+    and again after the return that follows it (the fallback system call is
+    placed there, and jumps back). If the code has another shape, the whole
+    function ends the walk (CFA_GO_STACK_SWITCH)."""
+    body = code.read(func.entry, func.end - func.entry)
+    save = body.find(_SAVE_SP[machine])
+    restore = body.find(_RESTORE_SP[machine], max(save, 0))
+    ret = body.find(_RET[machine], max(restore, 0))
+    step = 1 if machine == AMD64 else 4
+    while ret >= 0 and ret % step:  # arm64: only an aligned instruction
+        ret = body.find(_RET[machine], ret + 1)
+    if save < 0 or restore < 0 or ret < 0:
+        return [(func.entry, func.end, _rule(CFA_GO_STACK_SWITCH, 0, 0, 0))]
+    switched = [(func.entry + save + len(_SAVE_SP[machine]), func.entry + restore + 1),
+                (func.entry + ret + len(_RET[machine]), func.end)]
+    out: list[Piece] = []
+    for lo, hi, rule in pieces:
+        cuts = sorted({lo, hi, *(b for r in switched for b in r if lo < b < hi)})
+        for a, b in pairwise(cuts):
+            inside = any(s0 <= a and b <= s1 for s0, s1 in switched)
+            out.append((a, b, UnwindRule(CFA_GO_SAVED_SP, rule.cfa_param,
+                                         fp_offset=rule.fp_offset, ra_offset=rule.ra_offset)
+                        if inside else rule))
+    return out
+
+
 def _is_assembly(table: Pclntab, func: GoFunc) -> bool:
     """Whether a function is written in assembly (runtime/*.s). The stack-switching
     functions are; Go 1.17+ adds an ABI wrapper of the same name for some of them
@@ -227,7 +269,10 @@ def go_pieces(path: str | os.PathLike[str],
                 functions.append((func.entry, func.end, [(func.entry, func.end, special)]))
                 continue
             try:
-                functions.append((func.entry, func.end, _function_pieces(table, i, code, machine)))
+                pieces = _function_pieces(table, i, code, machine)
+                if table.name(func) in GO_VDSO_CALLS and _is_assembly(table, func):
+                    pieces = _vdso_call_pieces(pieces, code, func, machine)
+                functions.append((func.entry, func.end, pieces))
             except PclntabError:
                 functions.append((func.entry, func.end, []))
             if table.name(func) == GO_SYSTEM_STACK_SWITCH and i > 0 and len(functions) > 1:

@@ -24,9 +24,12 @@ CFA_GO_STACK_SWITCH = 10
 # Go's asmcgocall, as a caller: C code ran on the system stack, and the goroutine's
 # SP is g.stack.hi minus the depth saved at SP (amd64). Elsewhere in it: CFA_SP.
 CFA_GO_ASMCGOCALL = 11
+# Go's vDSO calls (nanotime1, walltime, time.now) while SP is on g0: CFA = the top
+# frame's r12 (amd64) / x20 (arm64) + cfa_param; a caller frame here: error frame.
+CFA_GO_SAVED_SP = 12
 
 _CFA_OPS = frozenset({CFA_INVALID, CFA_STOP, CFA_SP, CFA_FP, CFA_PLT, CFA_SIGNAL,
-                      CFA_DEREF_FP, CFA_GO_STACK_SWITCH, CFA_GO_ASMCGOCALL})
+                      CFA_DEREF_FP, CFA_GO_STACK_SWITCH, CFA_GO_ASMCGOCALL, CFA_GO_SAVED_SP})
 
 PLT_ENTRY_SIZE = 16  # bytes of an x86_64 .plt entry (enum plt_layout in types.h)
 

@@ -5,7 +5,10 @@
 // its thread) and one that spins in Go code (running on a thread); then it
 // prints "ready <pid>" and blocks on a channel itself. Threads: the one in the
 // system call, the spinning one, idle Ms parked in futex on their g0 stacks
-// (schedule <- park_m <- mcall, or <- mstart), and sysmon.
+// (schedule <- park_m <- mcall, or <- mstart), and sysmon. Two more spin
+// where Go switches stacks: one reads the clock (time.Now: on g0 in the
+// vDSO), one takes its own traceback (runtime.Callers: gentraceback on g0
+// through runtime.systemstack); GOMAXPROCS 4 gives every spinner a thread.
 //
 // Go's runtime catches SIGABRT (and prints its own traceback), so before it
 // is ready the program gives SIGABRT back its default action: record-qemu
@@ -13,6 +16,7 @@
 package main
 
 import (
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -58,6 +62,23 @@ func spin() {
 	}
 }
 
+var clockSink int64
+
+//go:noinline
+func readClock() {
+	for {
+		clockSink += time.Now().UnixNano() & 1
+	}
+}
+
+//go:noinline
+func ownTraceback() {
+	pcs := make([]uintptr, 32)
+	for {
+		runtime.Callers(0, pcs)
+	}
+}
+
 //go:noinline
 func blockedInRead(fd int) {
 	buf := make([]byte, 1)
@@ -81,11 +102,14 @@ func main() {
 	if err := syscall.Pipe(fds[:]); err != nil {
 		panic(err)
 	}
+	runtime.GOMAXPROCS(4)
 	ch := make(chan int)
 	go receiver(ch)
 	go sleeper()
 	go blockedInRead(fds[0])
 	go spin()
+	go readClock()
+	go ownTraceback()
 	defaultAbort()
 	time.Sleep(300 * time.Millisecond) // every goroutine in its state
 	ready()
