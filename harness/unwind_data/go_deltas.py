@@ -261,7 +261,9 @@ def go_pieces(path: str | os.PathLike[str],
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         code = _Code(mm)
         for i, func in enumerate(table.functions):
-            if func.end <= func.entry:
+            if func.end <= func.entry or func.pcsp == 0:
+                # no pcsp table: C code an internal cgo link lists too; no deltas and
+                # no bounds from here (frame pointers, as for code without CFI)
                 continue
             special = (_special_rule(table.name(func), machine, code, func)
                        if _is_assembly(table, func) else None)
