@@ -24,6 +24,7 @@ static __always_inline void state_from_regs(struct unwind_state *st,
    * and only the top frame's registers are known. */
   st->lr = regs->di;
   st->lr_valid = 1;
+  st->go_saved_sp = regs->r12; /* Go's vDSO calls keep the old SP there */
 }
 
 /* At __restore_rt the handler's ret has popped rt_sigframe.pretcode
@@ -57,6 +58,7 @@ static __always_inline void state_from_sigframe(struct unwind_state *st,
 
 /* AAPCS64: x29 is the frame pointer, x30 the link register. */
 enum arm64_regno {
+  ARM64_GO_SAVED_SP_REGNO = 20, /* Go's vDSO calls: the old SP (runtime/sys_linux_arm64.s) */
   ARM64_FP_REGNO = 29,
   ARM64_LR_REGNO = 30,
 };
@@ -69,6 +71,7 @@ static __always_inline void state_from_regs(struct unwind_state *st,
   st->fp = regs->regs[ARM64_FP_REGNO];
   st->lr = regs->regs[ARM64_LR_REGNO];
   st->lr_valid = 1;
+  st->go_saved_sp = regs->regs[ARM64_GO_SAVED_SP_REGNO]; /* Go's vDSO calls keep the old SP there */
 }
 
 /* At __kernel_rt_sigreturn the stack pointer is at the rt_sigframe

@@ -261,6 +261,7 @@ static __always_inline enum trace_status unwind_signal_frame(struct unwind_state
     return abort_trace(trace, ERR_NATIVE_READ_SIGNAL_FRAME, 0);
   }
   state_from_sigframe(st, &regs);
+  st->go_saved_sp = 0;    /* not in the signal frame's registers we read */
   st->return_address = 0; /* the interrupted PC is exact */
   st->signal_frame = 1;
   return TRACE_STATUS_RUNNING;
@@ -320,6 +321,7 @@ static __always_inline void enter_caller(struct unwind_state *st, u64 ra, u64 cf
   st->sp = cfa;
   st->fp = fp;
   st->lr_valid = 0; /* the callee may have reused the link register */
+  st->go_saved_sp = 0;
   st->return_address = 1;
   st->signal_frame = 0;
   st->interp_done = 0;
@@ -349,6 +351,8 @@ static __always_inline enum trace_status unwind_to_caller(struct unwind_state *s
   enter_caller(st, ra, cfa, fp);
   return TRACE_STATUS_RUNNING;
 }
+
+#include "go_stack.h"
 
 /* An interpreter loop at the frame just pushed: its interpreter frames come
  * first (innermost first, right above this native frame), so the frame is
@@ -405,6 +409,9 @@ static __always_inline enum trace_status unwind_step(struct unwind_scratch *scra
     return end_trace(trace);
   if (rule.cfa_op == CFA_SIGNAL)
     return unwind_signal_frame(st, trace);
+  if (rule.cfa_op == CFA_GO_STACK_SWITCH || rule.cfa_op == CFA_GO_ASMCGOCALL ||
+      rule.cfa_op == CFA_GO_SAVED_SP)
+    return unwind_go_switch(st, &rule, trace, frame);
 
   status = compute_cfa(st, &rule, trace, &cfa);
   if (status != TRACE_STATUS_RUNNING)

@@ -97,6 +97,10 @@ enum cfa_op {
   CFA_PLT = 4,     /* CFA = SP + cfa_param + ((PC % PLT_ENTRY_SIZE) >= aux ? 8 : 0) */
   CFA_SIGNAL = 5,  /* signal trampoline: registers come from the signal frame */
   CFA_DEREF_FP = 6, /* realigned stack (GCC's DRAP): CFA = *(FP + cfa_param) */
+  /* Go (bpf_src/go_stack.h, harness/unwind_data/go_deltas.py): */
+  CFA_GO_STACK_SWITCH = 10, /* runtime.systemstack on g0: cannot be followed, error frame */
+  CFA_GO_ASMCGOCALL = 11,   /* runtime.asmcgocall: back from the system stack to the goroutine's */
+  CFA_GO_SAVED_SP = 12,     /* a Go vDSO call on g0: CFA = go_saved_sp + cfa_param (top frame) */
 };
 
 /* unwind_rule.aux of a CFA_DEREF_FP rule: the caller's FP is at FP + fp_offset
@@ -276,6 +280,9 @@ enum unwind_error {
   ERR_PYTHON_READ_FRAME = 43,           /* a frame of the chain unreadable */
   ERR_PYTHON_MAX_FRAMES = 44,           /* the trace filled up during a Python walk */
   ERR_PYTHON_NO_THREAD_POINTER = 45,    /* <= 3.10 needs the thread pointer; unknown */
+  /* Go (bpf_src/go_stack.h) */
+  ERR_GO_STACK_SWITCH = 60,     /* runtime.systemstack on g0: the goroutine's stack is unknown */
+  ERR_GO_READ_CGO_FRAME = 61,   /* asmcgocall's saved g / stack depth unreadable */
   ERR_LIVE_READ_REGS = 80,              /* live: the thread's user registers unreadable */
 };
 
@@ -322,6 +329,8 @@ struct unwind_state {
   u64 interp_file_id; /* module and load bias of that frame, for interp_prog */
   u64 interp_bias;
   u64 python_frame;   /* the next CPython frame to emit (0: none left) */
+  u64 go_saved_sp;   /* the top frame's register where Go's vDSO calls keep the old SP
+                      * (r12 / x20; bpf_src/go_stack.h); 0 once unknown */
 };
 
 /* Per-CPU scratch: too large for the 512-byte BPF stack. */

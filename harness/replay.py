@@ -24,6 +24,7 @@ from .formatting import format_trace
 from .helpers.bpf_helpers import MemoryReader
 from .interpreters.python import CodeReader
 from .paths import TESTDATA
+from .unwind_data.gosym import go_tables
 
 
 @dataclass
@@ -92,12 +93,13 @@ def iter_threads(process: Process, fault_addresses: frozenset[int] = frozenset()
     names = {m.file_id: m.name for m in process.all_modules()}
     python = {file_id: CodeReader(process, layout, fault_addresses)
               for file_id, layout in agent.python_layouts.items()}
+    go = go_tables(process.all_modules())
     for thread in process.threads:
         if lwp is not None and thread.lwp != lwp:
             continue
         trace = unwinder.unwind(thread.regs, process.pid, thread.lwp, read, fault_addresses,
                                 thread.tls)
-        frames = format_trace(trace, names, python)
+        frames = format_trace(trace, names, python, go=go)
         for code_reader in python.values():
             trace.faults_hit |= code_reader.faults_hit
         yield ThreadResult(thread.lwp, frames, trace)

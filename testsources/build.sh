@@ -69,3 +69,40 @@ if "$CC" -dumpmachine | grep -q '^x86_64'; then
         echo "build.sh: no musl-gcc: skipping the musl programs (apt-get install musl-tools)" >&2
     fi
 fi
+
+# Go programs (testsources/go/), with the installed Go (Debian: golang-go) if there is
+# one. -trimpath keeps the builds reproducible (the same bytes, the same blob id).
+# The target follows $CC: an arm64 cross-build needs no C toolchain (CGO_ENABLED=0),
+# so the cgo program is built for amd64 only.
+if command -v go >/dev/null; then
+    case "$("$CC" -dumpmachine)" in
+        aarch64*) goarch=arm64 ;;
+        x86_64*) goarch=amd64 ;;
+        *) goarch="" ;;
+    esac
+    # gobuild OUTPUT SOURCE CGO_ENABLED GO-BUILD-FLAGS...
+    gobuild() {
+        local out src="$here/go/$2" cgo="$3"
+        out="$(realpath "$outdir")/$1"
+        shift 3
+        if [[ -e "$out" && "$out" -nt "$src" && "$out" -nt "${BASH_SOURCE[0]}" ]]; then
+            return 0
+        fi
+        local tmp="$out.tmp.$$"
+        if ! (cd "$here/go" && CGO_ENABLED="$cgo" GOARCH="$goarch" GOFLAGS=-trimpath \
+                go build "$@" -o "$tmp" "$src"); then
+            rm -f "$tmp"
+            echo "build.sh: FAILED to build $out from $src" >&2
+            exit 1
+        fi
+        mv -f "$tmp" "$out"
+        echo "built $out"
+    }
+    if [[ -n "$goarch" ]]; then
+        gobuild go.goroutines          goroutines.go 0
+        gobuild go.goroutines.stripped goroutines.go 0 -ldflags=-s\ -w
+        if [[ "$goarch" == amd64 ]]; then
+            gobuild go.cgo cgo.go 1
+        fi
+    fi
+fi

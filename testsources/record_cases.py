@@ -22,12 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from harness.cases.case_file import TestCase  # noqa: E402
 from harness.record.new import record_case  # noqa: E402
 from harness.record.qemu import record_under_qemu  # noqa: E402
 
@@ -62,6 +64,9 @@ CASES = [
     ("musl.threads", "threads.musl", "gcore"),
     ("musl.static", "threads.musl.static", "gcore"),
     ("musl.sighandler", "sighandler.musl", "gcore"),
+    ("go.goroutines", "go.goroutines", "gcore"),  # Go: pclntab deltas, goroutine/g0 roots
+    ("go.goroutines.stripped", "go.goroutines.stripped", "gcore"),  # -ldflags=-s -w
+    ("go.cgo", "go.cgo", "gcore"),  # C frames and Go frames in one thread, both ways
 ]
 
 # Python cases: (case name, interpreter, arguments of pystacks.py, how to freeze it).
@@ -85,6 +90,9 @@ PYTHON_CASES = [
 ARM64_PYTHON_CASES = [
     ("py3.11.debian", ["20"]),
 ]
+
+# gdb's executable where the bundled one is stripped: the unstripped twin of the same build.
+GDB_EXECUTABLES = {"go.goroutines.stripped": "go.goroutines"}
 
 # Differences from gdb that a case explains (per frame, as `new -gdb-differences`).
 GDB_DIFFERENCES = {
@@ -112,6 +120,50 @@ GDB_DIFFERENCES = {
                   "main and _start",
 }
 
+_GO_ROOTS = ("the walk ends at Go's stack roots (runtime.goexit under every goroutine, "
+             "runtime.mstart under a thread's g0 stack, runtime.mcall where g0 runs the "
+             "scheduler for a parked goroutine), as Go's own traceback and the reference "
+             "tool end it; gdb goes on past them, reading whatever words lie above (a zero "
+             "return address, small integers, from mstart runtime.clone or in a cgo binary "
+             "the C thread start)")
+_GO_SWITCH = ("the walk ends with go_stack_switch where Go runs on the thread's system stack "
+              "(runtime.systemstack; time.now and nanotime1 calling the vDSO): the "
+              "goroutine's frames are reachable only through g (thread-local storage) or "
+              "a register the unwinder does not carry; gdb unwinds the switching function "
+              "with its pcsp frame on the wrong stack and reads on")
+_GO_ASMCGOCALL = ("gdb cannot follow asmcgocall's switch from the system stack back to the "
+                  "goroutine stack: it unwinds asmcgocall with its empty pcsp frame on the "
+                  "system stack and reads garbage; the unwinder takes the goroutine's SP from "
+                  "g.stack.hi minus the depth asmcgocall saved (bpf_src/go_stack.h) and "
+                  "reaches cgocall and the Go callers, the frames Go's own traceback shows")
+
+
+# Go preempts a spinning goroutine with a signal every 10 ms; under qemu-user a thread
+# is then often caught in Go's handler, whose return address is qemu's own signal
+# trampoline, on a page of no module (qemu-user cores have no vDSO). The Go programs
+# are recorded without asynchronous preemption, so that no case depends on it.
+GO_ENV = {"GODEBUG": "asyncpreemptoff=1"}
+
+
+def explain_go_waivers(case: TestCase) -> None:
+    """Each waiver of a Go case gets the reason that fits it (`new` stores one reason
+    for all): where our walk ends at a stack switch, where it follows asmcgocall
+    and gdb cannot, or (all others) where it stops at a Go root and gdb reads on."""
+    threads = {t.lwp: t.frames for t in case.threads}
+    for waiver in case.gdb_differences:
+        if any("go_stack_switch" in f for f in waiver.ours):
+            waiver.why = _GO_SWITCH
+        elif waiver.ours and any("asmcgocall" in f for f in threads[waiver.lwp]):
+            waiver.why = _GO_ASMCGOCALL
+        else:
+            waiver.why = _GO_ROOTS
+    case.save()
+
+
+for _name in ("go.goroutines", "go.goroutines.stripped", "go.cgo", "go.spinStep.pro.entry",
+              "go.spinStep.pro.str", "go.spinStep.epi.ldp", "go.spinStep.epi.ret"):
+    GDB_DIFFERENCES[_name] = _GO_ROOTS
+
 # arm64 cases, recorded under qemu-user: (case name, program, site or None).
 # A site stops the program at one instruction (see harness/record/qemu.py);
 # without one the program is frozen once it is ready.
@@ -132,7 +184,29 @@ ARM64_CASES = [
     ("static", "static", None),
     ("deep", "deep", None),
     ("sighandler", "sighandler", None),  # qemu's sigreturn trampoline: anonymous memory
+    ("go.goroutines", "go.goroutines", None),  # Go 1.19 cross-built, pclntab deltas
+    # A Go function's prologue and epilogue (main.spinStep, a 32-byte frame):
+    ("go.spinStep.pro.entry", "go.goroutines", "main.spinStep+0x0"),  # RA in LR
+    ("go.spinStep.pro.str", "go.goroutines", "main.spinStep+0x10"),   # after str x30, [sp,#-32]!
+    ("go.spinStep.epi.ldp", "go.goroutines", "main.spinStep+0x24"),   # after ldp, before add sp
+    ("go.spinStep.epi.ret", "go.goroutines", "main.spinStep+0x28"),   # on ret: RA in LR again
 ]
+
+
+@contextlib.contextmanager
+def go_environment(name: str) -> Iterator[None]:
+    """GO_ENV in the environment while a Go case's program runs (it inherits it)."""
+    saved = {key: os.environ.get(key) for key in GO_ENV}
+    if name.startswith("go."):
+        os.environ.update(GO_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def start(program: Path | list[str], cwd: str,
@@ -184,8 +258,12 @@ def record_arm64(args: argparse.Namespace) -> None:
         if args.only and name not in args.only:
             continue
         started = time.perf_counter()
-        case = record_under_qemu(name, [str(BUILD_ARM64 / program)], site_spec=site,
-                                 force=args.force)
+        with go_environment(name):
+            case = record_under_qemu(name, [str(BUILD_ARM64 / program)], site_spec=site,
+                                     force=args.force,
+                                     gdb_differences=GDB_DIFFERENCES.get(name))
+        if name.startswith("go."):
+            explain_go_waivers(case)
         frames = sum(len(t.frames) for t in case.threads)
         print(f"== arm64/{name}: {len(case.threads)} threads, {frames} frames, "
               f"{time.perf_counter() - started:.1f} s")
@@ -249,14 +327,16 @@ def main() -> int:
         if args.only and name not in args.only:
             continue
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="record-") as cwd:
+        with tempfile.TemporaryDirectory(prefix="record-") as cwd, go_environment(name):
             proc, ready_pid = start(BUILD / program, cwd, core_limit=method == "kernel")
             try:
                 if method.startswith("gcore"):
                     pid = ready_pid if method == "gcore-child" else proc.pid
+                    twin = GDB_EXECUTABLES.get(name)
                     case = record_case(name, pid=pid, force=args.force, progress=print,
                                        bundle_modules=method != "gcore-nobundle",
-                                       gdb_differences=GDB_DIFFERENCES.get(name))
+                                       gdb_differences=GDB_DIFFERENCES.get(name),
+                                       gdb_executable=str(BUILD / twin) if twin else None)
                 else:
                     case = record_case(name, core=kernel_core(proc, cwd, ready_pid),
                                        force=args.force, progress=print)
@@ -267,6 +347,8 @@ def main() -> int:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+        if name.startswith("go."):
+            explain_go_waivers(case)
         frames = sum(len(t.frames) for t in case.threads)
         print(f"== {name}: {len(case.threads)} threads, {frames} frames, "
               f"{time.perf_counter() - started:.1f} s")

@@ -7,8 +7,10 @@
 ```
 Besides those, `gdb-differences` lists the explained differences from gdb, one
 per frame or run of frames (GdbWaiver), and `no-module-bundling` says the
-modules are rebuilt from the core's memory. Fields this code does not know are
-kept and written back unchanged.
+modules are rebuilt from the core's memory. `gdb-executable` names the blob gdb
+gets as the executable instead of the bundled one: the unstripped twin of a
+stripped build (the same code; the symbols and DWARF gdb unwinds with). Fields
+this code does not know are kept and written back unchanged.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from .blobs import BLOB_ID
 
 NO_MODULE_BUNDLING = "no-module-bundling"
 FULL_REF = "full-ref"
+GDB_EXECUTABLE = "gdb-executable"
 KNOWN_KEYS = ("coredump-ref", "threads", "modules", "skip", "fault-addresses",
-              "gdb-differences", NO_MODULE_BUNDLING, FULL_REF)
+              "gdb-differences", NO_MODULE_BUNDLING, FULL_REF, GDB_EXECUTABLE)
 
 
 @dataclass
@@ -73,6 +76,8 @@ class TestCase:
     # (harness/core/memory_modules.py). Explicit, so that an empty module list is
     # never ambiguous ("nothing needed" or "read them from the core").
     no_module_bundling: bool = False
+    # gdb's executable instead of the bundled one (a blob id): a stripped build's twin
+    gdb_executable: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     # The full core of a case whose coredump-ref is a skinny one (core/skinny.py):
@@ -101,6 +106,8 @@ class TestCase:
             doc[NO_MODULE_BUNDLING] = True
         if self.full_ref:
             doc[FULL_REF] = self.full_ref
+        if self.gdb_executable:
+            doc[GDB_EXECUTABLE] = self.gdb_executable
         doc.update(self.extra)
         return doc
 
@@ -291,11 +298,14 @@ def parse_case(doc: Any, path: Path) -> TestCase:
     full_ref = doc.get(FULL_REF)
     if full_ref is not None:
         full_ref = check.blob_ref(full_ref, f'"{FULL_REF}"')
+    gdb_exe = doc.get(GDB_EXECUTABLE)
+    if gdb_exe is not None:
+        gdb_exe = check.blob_ref(gdb_exe, f'"{GDB_EXECUTABLE}"')
     extra = {k: v for k, v in doc.items() if k not in KNOWN_KEYS}
     for key, value in extra.items():
         check.depth(value, f'"{key[:80]}"')
     return TestCase(core_ref, threads, modules, skip or None, faults, gdb_diff, no_bundling,
-                    extra, path, full_ref)
+                    gdb_executable=gdb_exe, extra=extra, path=path, full_ref=full_ref)
 
 
 def _json_int(text: str) -> int:

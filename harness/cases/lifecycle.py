@@ -53,7 +53,8 @@ def parse_duration(text: str) -> timedelta:
 
 
 def case_blobs(case: TestCase) -> list[str]:
-    return [case.coredump_ref, *(m.ref for m in case.modules)]
+    twin = [case.gdb_executable] if case.gdb_executable else []
+    return [case.coredump_ref, *(m.ref for m in case.modules), *twin]
 
 
 def referenced_blobs(testdata: Path, full_cores: bool = False) -> dict[str, list[str]]:

@@ -28,10 +28,11 @@ from ..core import elf
 from ..core.elf import SHF_EXECINSTR, SHT_NOBITS, Ehdr, Shdr
 from ..core.module import Module
 from ..core.symbols import function_symbols
-from ..errors import HarnessError
+from ..errors import HarnessError, UnwindDataError
 from ..files import atomic_path, sha256_file
 from ..paths import cache_root
 from ..unwind_data import FORMAT_VERSION, module_unwind_data
+from ..unwind_data.pclntab import read_pclntab
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ _INDEX_LIMIT = 32
 _INDEXES: dict[str, CodeIndex] = {}  # by content id, oldest first
 
 
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2  # 2: Go function names from .gopclntab
 
 
 def code_index(module: Module) -> CodeIndex:
@@ -170,8 +171,17 @@ class _IndexBuilder:
 
     def _function_symbols(self) -> dict[int, tuple[str, int]]:
         """The module's own function symbols (core/symbols.py; no debug files, so the
-        function bounds depend on the module's content only)."""
-        return function_symbols(self._raw)
+        function bounds depend on the module's content only), and where a Go binary
+        was stripped, its functions by their .gopclntab names."""
+        symbols = function_symbols(self._raw)
+        try:
+            table = read_pclntab(self.module.local_path)
+        except (OSError, UnwindDataError):
+            table = None
+        if table is not None:
+            for func in table.functions:
+                symbols.setdefault(func.entry, (table.name(func), func.end - func.entry))
+        return symbols
 
     # ------------------------------------------------------------------- FDEs
 

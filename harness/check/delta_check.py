@@ -29,6 +29,9 @@ from ..paths import cache_root
 from ..unwind_data import (
     CFA_DEREF_FP,
     CFA_FP,
+    CFA_GO_ASMCGOCALL,
+    CFA_GO_SAVED_SP,
+    CFA_GO_STACK_SWITCH,
     CFA_INVALID,
     CFA_PLT,
     CFA_SIGNAL,
@@ -409,6 +412,11 @@ class DeltaChecker:
             return
         if op in (CFA_STOP, CFA_SIGNAL):
             self.result.skipped_rules["outermost" if op == CFA_STOP else "signal"] += 1
+            return
+        if op in (CFA_GO_STACK_SWITCH, CFA_GO_ASMCGOCALL, CFA_GO_SAVED_SP):
+            # the caller is on another stack (goroutine vs system): a synthetic
+            # single stack cannot show where; the replayed cgo cases do
+            self.result.skipped_rules["go stack switch"] += 1
             return
         sp = uc.reg_read(self._sp)
         true_cfa = self._entry_sp + self._cfa_bias

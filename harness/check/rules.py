@@ -11,6 +11,9 @@ from ..arch import ARCHES
 from ..unwind_data import (
     CFA_DEREF_FP,
     CFA_FP,
+    CFA_GO_ASMCGOCALL,
+    CFA_GO_SAVED_SP,
+    CFA_GO_STACK_SWITCH,
     CFA_INVALID,
     CFA_PLT,
     CFA_SIGNAL,
@@ -36,6 +39,14 @@ def describe_rule(rule: UnwindRule, arch: str) -> str:
         return "outermost frame (CFA_STOP: return address undefined)"
     if op == CFA_SIGNAL:
         return "signal trampoline (CFA_SIGNAL)"
+    if op == CFA_GO_STACK_SWITCH:
+        return "Go stack switch the unwinder cannot follow (CFA_GO_STACK_SWITCH)"
+    if op == CFA_GO_SAVED_SP:
+        return (f"Go vDSO call: CFA=saved-SP register{rule.cfa_param:+d} in the top frame, "
+                f"RA at CFA{rule.ra_offset:+d} (CFA_GO_SAVED_SP)")
+    if op == CFA_GO_ASMCGOCALL:
+        return (f"Go asmcgocall: back to the goroutine stack (g at SP+{rule.aux}, depth at "
+                f"SP+{rule.cfa_param}; CFA_GO_ASMCGOCALL)")
     base = {CFA_SP: sp, CFA_FP: fp, CFA_PLT: sp, CFA_DEREF_FP: fp}.get(op, f"op{op}")
     cfa = f"CFA={base}{rule.cfa_param:+d}"
     if op == CFA_DEREF_FP:

@@ -243,7 +243,12 @@ NORETURN_NAMES = frozenset({
     "__malloc_assert", "longjmp", "siglongjmp", "_longjmp", "__longjmp_chk",
     "pthread_exit", "__pthread_unwind", "__pthread_unwind_next", "__cxa_throw",
     "__cxa_rethrow", "_Unwind_Resume", "_ZSt9terminatev",
+    # Go's runtime: fatal errors and panics never return to the call
+    "runtime.throw", "runtime.fatal", "runtime.fatalthrow", "runtime.fatalpanic",
+    "runtime.gopanic", "runtime.sigpanic", "runtime.goexit1", "runtime.Goexit",
 })
+# Go's bounds-check and conversion failures: runtime.panicIndex, runtime.goPanicIndex, ...
+NORETURN_PREFIXES = ("runtime.panic", "runtime.goPanic")
 
 
 def branch_target(insn: capstone.CsInsn) -> int | None:
@@ -261,7 +266,7 @@ def never_returns(code: ElfCode, function: Function) -> bool:
     for the code after such a call (it is unreachable), so a validator that
     steps over the call would check rules that never apply there.
     """
-    if function.name in NORETURN_NAMES:
+    if function.name in NORETURN_NAMES or function.name.startswith(NORETURN_PREFIXES):
         return True
     rules = RULES[code.arch]
     md = disassembler(code.arch)

@@ -62,6 +62,7 @@ def cmd_new(args: argparse.Namespace) -> int:
             testdata=Path(args.testdata), bundle_modules=not args.no_module_bundling,
             full_core=args.full,
             strip_debug=args.strip_debug,
+            gdb_executable=args.gdb_executable,
         )
     bundled = ("modules read from the core" if args.no_module_bundling
                else f"{len(case.modules)} modules bundled")
@@ -147,6 +148,9 @@ def register(sub: Subparsers) -> None:
     flag(p, "strip-debug", dest="strip_debug", action="store_true",
          help="store modules without their DWARF sections (objcopy --strip-debug): a "
               "lean bundle of a build with full debug info, such as pyenv's libpython")
+    flag(p, "gdb-executable", dest="gdb_executable",
+         help="give gdb this file as the executable: the unstripped twin of a stripped "
+              "build (stored with the case; `verify` uses it again)")
     flag(p, "force", action="store_true", help="overwrite an existing case")
     testdata_flag(p, "testdata directory to write to (default: the repository's)")
     p.set_defaults(func=cmd_new)

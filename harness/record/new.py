@@ -29,6 +29,7 @@ from ..core.process import Process
 from ..errors import HarnessError
 from ..paths import TESTDATA, cache_root
 from ..replay import open_case, process_from, thread_frames, unwind_process
+from .core_compact import drop_no_access_segments, no_access_ranges
 from .gcore import full_coredump_filter, gcore
 from .gdb_oracle import gdb_available, gdb_for
 from .lean import strip_debug as lean_copy
@@ -83,7 +84,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
                 gdb_differences: str | None = None, check_gdb: bool = True,
                 force: bool = False, bundle_modules: bool = True,
                 progress: Progress = _quiet, temporary_core: bool = False,
-                strip_debug: bool = False, full_core: bool = False) -> TestCase:
+                strip_debug: bool = False, full_core: bool = False,
+                gdb_executable: str | Path | None = None) -> TestCase:
     """Create testdata/<arch>/<name>.json from a core or a running process.
 
     Module files are found in `sysroot` (one directory or several, searched in
@@ -96,6 +98,8 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
     `temporary_core` as record-qemu's) is kept in the cache if the recording fails.
     The case stores a skinny core (record/skinny.py) unless `full_core`, or unless
     the skinny one does not prove equal; the full core then goes to the full-core store.
+    `gdb_executable` is what gdb gets as the executable: the unstripped twin of a
+    stripped build (stored too, as the case's `gdb-executable`).
     """
     if (core is None) == (pid is None):
         raise HarnessError("give exactly one of -core FILE and -pid PID")
@@ -107,11 +111,16 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
     with tempfile.TemporaryDirectory(prefix="coredump-new-") as tmp:
         if pid is not None:
             progress(f"running gcore on pid {pid}")
+            no_access = no_access_ranges(pid)
             if bundle_modules:
                 core = gcore(pid, tmp)
             else:
                 with full_coredump_filter(pid):
                     core = gcore(pid, tmp)
+            dropped = drop_no_access_segments(Path(core), no_access)
+            if dropped:
+                progress(f"left out {dropped >> 20} MiB of PROT_NONE mappings gcore wrote as "
+                         "zeros")
         assert core is not None
         core_path = Path(core)
         core_file = CoreFile(core_path)
@@ -142,10 +151,11 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
             try:
                 threads, module_refs, waivers, gdb_threads = _unwind_and_bundle(
                     process, core_path, store, bundle_modules, check_gdb, gdb_differences,
-                    progress, missing, strip_debug)
+                    progress, missing, strip_debug, gdb_executable)
                 if not full_core:
                     outcome = _make_skinny(process, dict(files), threads, gdb_threads,
-                                           Path(tmp), not bundle_modules, progress)
+                                           Path(tmp), not bundle_modules, progress,
+                                           gdb_executable)
             finally:
                 process.close()
             stored = outcome.core if outcome is not None else core_path
@@ -153,8 +163,10 @@ def record_case(name: str, *, core: str | Path | None = None, pid: int | None = 
             core_ref = store.put_file(stored)
             full_ref = full_store().put_file(core_path) \
                 if outcome is not None and outcome.skinny else None
+            twin_ref = store.put_file(gdb_executable) if gdb_executable else None
             case = TestCase(core_ref, threads, module_refs, gdb_differences=waivers,
-                            no_module_bundling=not bundle_modules, full_ref=full_ref)
+                            no_module_bundling=not bundle_modules, full_ref=full_ref,
+                            gdb_executable=twin_ref)
             case.path = target
             _check_replay(case, store, threads)
         except HarnessError as e:
@@ -194,7 +206,7 @@ def _keep_failed(core: Path, name: str, pid: int | None,
 def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
                        bundle_modules: bool, check_gdb: bool, gdb_differences: str | None,
                        progress: Progress, missing: Sequence[str] = (),
-                       strip_debug: bool = False
+                       strip_debug: bool = False, gdb_executable: str | Path | None = None
                        ) -> tuple[list[ThreadFrames], list[ModuleRef], list[GdbWaiver],
                                   dict[int, list[str]] | None]:
     """Unwind every thread, check with gdb, store the modules to bundle.
@@ -213,7 +225,8 @@ def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
             raise HarnessError(f"{gdb} is needed to cross-check a new case; install it or "
                                "pass -no-gdb-check")
         progress("comparing with gdb")
-        comparison = compare_with_gdb(process, core_path, threads)
+        comparison = compare_with_gdb(process, core_path, threads,
+                                      gdb_executable=gdb_executable)
         gdb_threads = comparison.gdb_threads
         exe = process.executable_path()
         lacking = [p for p in missing if ".so" in os.path.basename(p) or p == exe]
@@ -256,12 +269,14 @@ def _unwind_and_bundle(process: Process, core_path: Path, store: BlobStore,
 
 def _make_skinny(process: Process, files: dict[str, tuple[str | Path, str | None]],
                  threads: list[ThreadFrames], gdb_threads: dict[int, list[str]] | None,
-                 tmp: Path, rebuild_modules: bool, progress: Progress) -> SkinnyOutcome:
+                 tmp: Path, rebuild_modules: bool, progress: Progress,
+                 gdb_executable: str | Path | None = None) -> SkinnyOutcome:
     """The skinny core, proven (record/skinny.py); the validate emulation runs first so
     that what it reads is kept too."""
     progress("making the core skinny")
     validate_process(process)
-    outcome = make_skinny(process, files, threads, gdb_threads, tmp, rebuild_modules)
+    outcome = make_skinny(process, files, threads, gdb_threads, tmp, rebuild_modules,
+                          gdb_executable)
     if outcome.skinny:
         progress(f"skinny core: {outcome.size} of {outcome.full_size} bytes "
                  f"({outcome.seconds:.1f} s with its proof)")

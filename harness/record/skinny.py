@@ -120,7 +120,8 @@ class SkinnyOutcome:
 
 def make_skinny(process: Process, files: dict[str, tuple[str | Path, str | None]],
                 threads: list[ThreadFrames], gdb_threads: dict[int, list[str]] | None,
-                out_dir: Path, rebuild_modules: bool = False) -> SkinnyOutcome:
+                out_dir: Path, rebuild_modules: bool = False,
+                gdb_executable: str | Path | None = None) -> SkinnyOutcome:
     """Write the skinny core of an open, logged process into out_dir and prove it:
     replay (and gdb, when gdb_threads gives its frames on the full core) must agree."""
     start = time.perf_counter()
@@ -144,14 +145,15 @@ def make_skinny(process: Process, files: dict[str, tuple[str | Path, str | None]
                              skinny.stat().st_size if ok else full.stat().st_size,
                              time.perf_counter() - start)
 
-    why = prove(skinny, files, threads, gdb_threads, rebuild_modules, python)
+    why = prove(skinny, files, threads, gdb_threads, rebuild_modules, python, gdb_executable)
     return outcome(why is None, why)
 
 
 def prove(skinny: Path, files: dict[str, tuple[str | Path, str | None]],
           threads: list[ThreadFrames], gdb_threads: dict[int, list[str]] | None,
           rebuild_modules: bool = False,
-          python: dict[int, list[PythonFrame]] | None = None) -> str | None:
+          python: dict[int, list[PythonFrame]] | None = None,
+          gdb_executable: str | Path | None = None) -> str | None:
     """None if the skinny core replays (and, with gdb_threads, gdb-backtraces; with
     python, pystack-reads) to the same frames as the full core; else why not.
     rebuild_modules: the modules come from the core's memory (a case without bundled
@@ -174,7 +176,7 @@ def prove(skinny: Path, files: dict[str, tuple[str | Path, str | None]],
             changed = [t.lwp for t, u in zip(threads, again, strict=False) if t != u]
             return f"replaying it gives other frames (threads {changed})"
         if gdb_threads is not None:
-            theirs = gdb_frames_of(process, skinny)
+            theirs = gdb_frames_of(process, skinny, gdb_executable)
             if theirs != gdb_threads:
                 changed = sorted(lwp for lwp in gdb_threads
                                  if theirs.get(lwp) != gdb_threads[lwp])
@@ -242,10 +244,11 @@ def reskinny_case(case: TestCase, check_gdb: bool = True) -> Reskinned:
             if threads != case.threads:
                 raise HarnessError(f"{label}: its full core does not replay to the case's "
                                    "frames; rebase the case first (`coredump rebase`)")
-            gdb_threads = gdb_frames_of(process, full_path) if check_gdb else None
+            twin = store.local_path(case.gdb_executable) if case.gdb_executable else None
+            gdb_threads = gdb_frames_of(process, full_path, twin) if check_gdb else None
             validate_process(process)
             outcome = make_skinny(process, files, threads, gdb_threads, Path(tmp),
-                                  case.no_module_bundling)
+                                  case.no_module_bundling, twin)
         finally:
             process.close()
         if not outcome.skinny:

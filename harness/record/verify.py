@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cases.case_file import GdbWaiver, TestCase, ThreadFrames
-from ..cases.store import BlobStore
+from ..cases.store import BlobStore, store_for
 from ..confine import place_under
 from ..core.process import Process
 from ..diffing import Annotate, frame_annotator, frame_diff, hunks
 from ..errors import HarnessError
 from ..formatting import is_interpreter_frame
 from ..replay import open_case
+from ..unwind_data.gosym import go_frame, go_tables
 from .gdb_oracle import gdb_backtraces, gdb_for, make_sysroot
 from .pystack_oracle import PystackComparison, compare_with_pystack, pystack_frames
 
@@ -85,6 +86,7 @@ def gdb_frames(process: Process, core_path: str | Path, exe: str,
     if not process.core.mappings:
         symbol_files = [(str(m.local_path), obj.bias) for obj in process.loaded_objects()
                         if (m := process.modules.get(obj.path)) is not None]
+    go = go_tables(process.all_modules())  # Go frames in the spelling ours have
     for thread in gdb_backtraces(str(core_path), exe, sysroot, gdb=gdb_for(process.arch),
                                  symbol_files=symbol_files):
         frames = []
@@ -95,18 +97,21 @@ def gdb_frames(process: Process, core_path: str | Path, exe: str,
                 frames.append(f"<gdb: {pc:#x} outside known modules>")
             else:
                 module, vaddr = found
-                frames.append(f"{module.name}+{vaddr:#x}")
+                frames.append(go_frame(go, module.file_id, vaddr) or f"{module.name}+{vaddr:#x}")
         result[thread.lwp] = frames
     return result
 
 
 def compare_with_gdb(process: Process, core_path: str | Path,
                      threads: list[ThreadFrames], waivers: Sequence[GdbWaiver] = (),
-                     annotate: Annotate | None = None) -> GdbComparison:
+                     annotate: Annotate | None = None,
+                     gdb_executable: str | Path | None = None) -> GdbComparison:
     """Compare our frames with gdb's, thread by thread; `waivers` are the case's
-    accepted differences, `annotate` adds symbols to the diffs shown."""
+    accepted differences, `annotate` adds symbols to the diffs shown.
+    `gdb_executable` is the file gdb gets as the executable (a stripped build's
+    unstripped twin: the same code, with the symbols and DWARF gdb needs)."""
     try:
-        theirs = gdb_frames_of(process, core_path)
+        theirs = gdb_frames_of(process, core_path, gdb_executable)
     except NoExecutable as e:
         return GdbComparison([str(e)], {}, unwaivable=[str(e)])
     return judge(threads, theirs, waivers,
@@ -117,13 +122,17 @@ class NoExecutable(HarnessError):
     pass
 
 
-def gdb_frames_of(process: Process, core_path: str | Path) -> dict[int, list[str]]:
-    """gdb's frames for a core of this process, its modules in a scratch sysroot."""
+def gdb_frames_of(process: Process, core_path: str | Path,
+                  gdb_executable: str | Path | None = None) -> dict[int, list[str]]:
+    """gdb's frames for a core of this process, its modules in a scratch sysroot
+    (`gdb_executable`: the executable gdb gets, see compare_with_gdb)."""
     exe = process.executable_path()
     if exe is None or exe not in process.modules:
         raise NoExecutable("cannot find the executable of the core for gdb")
     with tempfile.TemporaryDirectory(prefix="coredump-sysroot-") as tmp:
         files = {path: str(m.local_path) for path, m in process.modules.items()}
+        if gdb_executable is not None:
+            files[exe] = str(gdb_executable)
         sysroot = make_sysroot(tmp, files)
         exe_local = str(place_under(sysroot, exe))
         return gdb_frames(process, core_path, exe_local, sysroot)
@@ -174,10 +183,12 @@ def judge(threads: list[ThreadFrames], theirs: dict[int, list[str]],
 def verify_case(case: TestCase, store: BlobStore | None = None) -> GdbComparison:
     """Re-run the gdb comparison for a recorded case, and pystack's for a case with
     Python frames (its problems join gdb's)."""
+    store = store or store_for(case)
+    twin = store.local_path(case.gdb_executable) if case.gdb_executable else None
     process = open_case(case, store)
     try:
         comparison = compare_with_gdb(process, process.core.path, case.threads,
-                                      case.gdb_differences)
+                                      case.gdb_differences, gdb_executable=twin)
         if has_python_frames(case.threads):
             python = compare_with_pystack(case.threads,
                                           pystack_frames(process, process.core.path),

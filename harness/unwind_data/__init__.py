@@ -32,6 +32,9 @@ from .model import (
     _CFA_OPS,
     CFA_DEREF_FP,
     CFA_FP,
+    CFA_GO_ASMCGOCALL,
+    CFA_GO_SAVED_SP,
+    CFA_GO_STACK_SWITCH,
     CFA_INVALID,
     CFA_PLT,
     CFA_SIGNAL,
@@ -46,7 +49,8 @@ from .model import (
     plt_pushed_bytes,
 )
 
-__all__ = ["CFA_DEREF_FP", "CFA_FP", "CFA_INVALID", "CFA_PLT", "CFA_SIGNAL", "CFA_SP", "CFA_STOP",
+__all__ = ["CFA_DEREF_FP", "CFA_FP", "CFA_GO_ASMCGOCALL", "CFA_GO_SAVED_SP", "CFA_GO_STACK_SWITCH",
+           "CFA_INVALID", "CFA_PLT", "CFA_SIGNAL", "CFA_SP", "CFA_STOP",
            "FORMAT_VERSION", "FP_AT_FP", "FRAME_POINTER_RULE", "PLT_ENTRY_SIZE", "ModuleUnwindData",
            "UnwindRule", "extract_unwind_data", "load_unwind_data", "module_unwind_data",
            "plt_pushed_bytes"]
@@ -64,7 +68,7 @@ def extract_unwind_data(path: str | os.PathLike[str]) -> ModuleUnwindData:
     from .eh_frame import extract
     from .synthesize import synthesize
 
-    data = extract(path)
+    data = extract(path)  # Go functions too, from .gopclntab (go_deltas.py)
     if data is None:
         from .cfi import extract_unwind_data as decode_with_pyelftools
 

@@ -47,6 +47,7 @@ from .deltas import (
     row_rule,
     table_pieces,
 )
+from .go_deltas import claim_go_functions
 from .model import (
     _SIGNAL_RULE,
     MAX_CFI_ENTRIES,
@@ -109,7 +110,11 @@ def _extract(elf: ELFFile, arch: _Arch, path: str) -> ModuleUnwindData:
     segments: list[tuple[int, int, UnwindRule]] = []
     sources: list[str] = []
     fde_ranges: list[tuple[int, int]] = []
-    for name, for_eh_frame in ((".eh_frame", True), (".debug_frame", False)):
+    for name, for_eh_frame in ((".eh_frame", True), (".gopclntab", False), (".debug_frame", False)):
+        if name == ".gopclntab":  # Go code: after .eh_frame, before Go's .debug_frame
+            stats.fde_count += claim_go_functions(path, arch.name, coverage, segments,
+                                                  sources, fde_ranges)
+            continue
         opened = _open_cfi(elf, name, for_eh_frame, path)
         if opened is None:
             continue

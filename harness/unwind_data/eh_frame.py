@@ -20,6 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +44,7 @@ from .deltas import (
     row_rule,
     table_pieces,
 )
+from .go_deltas import claim_go_functions
 from .model import (
     _SIGNAL_RULE,
     FRAME_POINTER_RULE,
@@ -385,16 +387,21 @@ def extract(path: str | os.PathLike[str]) -> ModuleUnwindData | None:
             segments: list[tuple[int, int, UnwindRule]] = []
             sources: list[str] = []
             fde_ranges: list[tuple[int, int]] = []
-            for name, eh in ((".eh_frame", True), (".debug_frame", False)):
+            for name, eh in ((".eh_frame", True), (".gopclntab", False), (".debug_frame", False)):
+                if name == ".gopclntab":  # Go code: no FDEs, but a pcsp table per function
+                    stats[0] += claim_go_functions(path, arch.name, coverage, segments,
+                                                   sources, fde_ranges)
+                    continue
                 found = sections.get(name)
                 if found is None:
                     continue
                 shdr = found
-                if shdr.flags & _SHF_COMPRESSED:
-                    raise Unsupported("compressed CFI section")
                 if shdr.offset + shdr.size > len(mm):
                     raise Unsupported("section past the end of the file")
-                section = _Section(bytes(mm[shdr.offset:shdr.offset + shdr.size]), shdr.addr, eh)
+                raw = bytes(mm[shdr.offset:shdr.offset + shdr.size])
+                if shdr.flags & _SHF_COMPRESSED:
+                    raw = _decompress(raw)
+                section = _Section(raw, shdr.addr, eh)
                 sources.append(name)
                 errors: list[int] = []
                 for cie, start, end, program in section.fdes(errors):
@@ -414,6 +421,28 @@ def extract(path: str | os.PathLike[str]) -> ModuleUnwindData | None:
     return ModuleUnwindData(machine=arch.name, deltas=_build_deltas(segments),
                             fde_count=stats[0], fde_errors=stats[1], sources=sources,
                             fde_ranges=fde_ranges)
+
+
+_CHDR = struct.Struct("<IIQQ")  # Elf64_Chdr: ch_type, reserved, ch_size, ch_addralign
+_ELFCOMPRESS_ZLIB = 1
+MAX_CFI_SECTION = 1 << 30  # a compressed section claiming more is not inflated
+
+
+def _decompress(raw: bytes) -> bytes:
+    """An SHF_COMPRESSED section's content (Go compresses its DWARF, .debug_frame
+    included); other compression types go to the pyelftools decoder."""
+    if len(raw) < _CHDR.size:
+        raise Unsupported("truncated compressed section")
+    kind, _, size, _ = _CHDR.unpack_from(raw)
+    if kind != _ELFCOMPRESS_ZLIB or size > MAX_CFI_SECTION:
+        raise Unsupported(f"compression type {kind}")
+    try:
+        inflated = zlib.decompressobj().decompress(raw[_CHDR.size:], size)
+    except zlib.error as exc:
+        raise Unsupported(f"corrupt compressed section: {exc}") from None
+    if len(inflated) != size:
+        raise Unsupported("compressed section shorter than it says")
+    return inflated
 
 
 def _elf_layout(mm: mmap.mmap) -> tuple[dict[str, Shdr], list[tuple[int, int]], int]:

@@ -18,9 +18,18 @@ CFA_SIGNAL = 5  # signal trampoline: registers are restored from the signal fram
 # aux == FP_AT_FP, the caller's FP is at FP + fp_offset (not CFA + fp_offset).
 CFA_DEREF_FP = 6
 FP_AT_FP = 1
+# Go (go_deltas.py): a stack switch the unwinder cannot follow (runtime.systemstack
+# on the g0 stack): the walk ends with an error frame.
+CFA_GO_STACK_SWITCH = 10
+# Go's asmcgocall, as a caller: C code ran on the system stack, and the goroutine's
+# SP is g.stack.hi minus the depth saved at SP (amd64). Elsewhere in it: CFA_SP.
+CFA_GO_ASMCGOCALL = 11
+# Go's vDSO calls (nanotime1, walltime, time.now) while SP is on g0: CFA = the top
+# frame's r12 (amd64) / x20 (arm64) + cfa_param; a caller frame here: error frame.
+CFA_GO_SAVED_SP = 12
 
 _CFA_OPS = frozenset({CFA_INVALID, CFA_STOP, CFA_SP, CFA_FP, CFA_PLT, CFA_SIGNAL,
-                      CFA_DEREF_FP})
+                      CFA_DEREF_FP, CFA_GO_STACK_SWITCH, CFA_GO_ASMCGOCALL, CFA_GO_SAVED_SP})
 
 PLT_ENTRY_SIZE = 16  # bytes of an x86_64 .plt entry (enum plt_layout in types.h)
 
@@ -31,7 +40,7 @@ def plt_pushed_bytes(pc: int, aux: int) -> int:
 
 # Bump whenever extraction semantics or the cache layout change: old files are then
 # simply never looked at again (the version is part of the file name).
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6  # 5: Go functions from .gopclntab; 6: rules synthesized where no FDE is
 # CIEs, FDEs and terminators walked in one section: a real libc has ~3,000, the
 # largest binaries some 10^6; a section of zero terminators must not spin for minutes.
 MAX_CFI_ENTRIES = 1 << 22
