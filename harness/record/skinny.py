@@ -121,7 +121,8 @@ class SkinnyOutcome:
 def make_skinny(process: Process, files: dict[str, tuple[str | Path, str | None]],
                 threads: list[ThreadFrames], gdb_threads: dict[int, list[str]] | None,
                 out_dir: Path, rebuild_modules: bool = False,
-                gdb_executable: str | Path | None = None) -> SkinnyOutcome:
+                gdb_executable: str | Path | None = None,
+                fault_addresses: frozenset[int] = frozenset()) -> SkinnyOutcome:
     """Write the skinny core of an open, logged process into out_dir and prove it:
     replay (and gdb, when gdb_threads gives its frames on the full core) must agree."""
     start = time.perf_counter()
@@ -145,7 +146,8 @@ def make_skinny(process: Process, files: dict[str, tuple[str | Path, str | None]
                              skinny.stat().st_size if ok else full.stat().st_size,
                              time.perf_counter() - start)
 
-    why = prove(skinny, files, threads, gdb_threads, rebuild_modules, python, gdb_executable)
+    why = prove(skinny, files, threads, gdb_threads, rebuild_modules, python, gdb_executable,
+                fault_addresses)
     return outcome(why is None, why)
 
 
@@ -153,7 +155,8 @@ def prove(skinny: Path, files: dict[str, tuple[str | Path, str | None]],
           threads: list[ThreadFrames], gdb_threads: dict[int, list[str]] | None,
           rebuild_modules: bool = False,
           python: dict[int, list[PythonFrame]] | None = None,
-          gdb_executable: str | Path | None = None) -> str | None:
+          gdb_executable: str | Path | None = None,
+          fault_addresses: frozenset[int] = frozenset()) -> str | None:
     """None if the skinny core replays (and, with gdb_threads, gdb-backtraces; with
     python, pystack-reads) to the same frames as the full core; else why not.
     rebuild_modules: the modules come from the core's memory (a case without bundled
@@ -167,7 +170,7 @@ def prove(skinny: Path, files: dict[str, tuple[str | Path, str | None]],
             raise
     process = process_from(core, files)
     try:
-        again = thread_frames(unwind_process(process))
+        again = thread_frames(unwind_process(process, fault_addresses))
         if process.core.dropped_reads:
             addr, size = process.core.dropped_reads[0]
             return (f"replaying it reads {size} bytes at {addr:#x}, which it left out "
@@ -248,7 +251,8 @@ def reskinny_case(case: TestCase, check_gdb: bool = True) -> Reskinned:
             gdb_threads = gdb_frames_of(process, full_path, twin) if check_gdb else None
             validate_process(process)
             outcome = make_skinny(process, files, threads, gdb_threads, Path(tmp),
-                                  case.no_module_bundling, twin)
+                                  case.no_module_bundling, twin,
+                                  frozenset(case.fault_addresses))
         finally:
             process.close()
         if not outcome.skinny:
