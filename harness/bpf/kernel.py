@@ -159,52 +159,38 @@ class KernelArrayMap(_KernelOps, ArrayMap):
         self._written = 0
 
 
-class KernelHashMap(_KernelOps, HashMap):
+class _KernelKeyed(_KernelOps):
+    """A keyed kernel map (hash, LPM trie) behind its emulated class: the agent
+    writes and reads it by value; lookups by the C code happen in the kernel. The
+    emulated class comes next in the MRO (KernelHashMap, KernelLpmTrieMap)."""
+
+    def __init__(self, name: str, key_size: int, value_size: int, max_entries: int,
+                 fd: int) -> None:
+        super().__init__(name, key_size, value_size, max_entries)  # type: ignore[call-arg]
+        self.fd = fd
+
+    def lookup(self, key: bytes) -> int:
+        return 0
+
+    def lookup_value(self, key: Any) -> Any:
+        return self._lookup_value(self, key)  # type: ignore[arg-type]  # a BpfMap by MRO
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
+        return self._kernel_update(key, value, flags)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.kernel_keys())
+
+    def clear(self) -> None:
+        self._delete_all()
+
+
+class KernelHashMap(_KernelKeyed, HashMap):
     """A kernel HASH map. on_miss is accepted and never called (module docstring)."""
 
-    def __init__(self, name: str, key_size: int, value_size: int, max_entries: int,
-                 fd: int) -> None:
-        HashMap.__init__(self, name, key_size, value_size, max_entries)
-        self.fd = fd
 
-    def lookup(self, key: bytes) -> int:
-        return 0
-
-    def lookup_value(self, key: Any) -> Any:
-        return self._lookup_value(self, key)
-
-    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
-        return self._kernel_update(key, value, flags)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.kernel_keys())
-
-    def clear(self) -> None:
-        self._delete_all()
-
-
-class KernelLpmTrieMap(_KernelOps, LpmTrieMap):
+class KernelLpmTrieMap(_KernelKeyed, LpmTrieMap):
     """A kernel LPM_TRIE map."""
-
-    def __init__(self, name: str, key_size: int, value_size: int, max_entries: int,
-                 fd: int) -> None:
-        LpmTrieMap.__init__(self, name, key_size, value_size, max_entries)
-        self.fd = fd
-
-    def lookup(self, key: bytes) -> int:
-        return 0
-
-    def lookup_value(self, key: Any) -> Any:
-        return self._lookup_value(self, key)
-
-    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
-        return self._kernel_update(key, value, flags)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.kernel_keys())
-
-    def clear(self) -> None:
-        self._delete_all()
 
 
 class KernelMap(_KernelOps, BpfMap):

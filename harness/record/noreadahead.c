@@ -16,33 +16,24 @@ static void no_readahead(int fd)
     posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
 }
 
-int open(const char *path, int flags, ...)
-{
-  static int (*real)(const char *, int, ...);
-  if (!real)
-    real = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open");
-  va_list ap;
-  va_start(ap, flags);
-  int mode = va_arg(ap, int);
-  va_end(ap);
-  int fd = real(path, flags, mode);
-  no_readahead(fd);
-  return fd;
-}
+/* open and open64: the same wrapper around the next definition of each. */
+#define WRAP_OPEN(name)                                                        \
+  int name(const char *path, int flags, ...)                                   \
+  {                                                                            \
+    static int (*real)(const char *, int, ...);                                \
+    if (!real)                                                                 \
+      real = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, #name);         \
+    va_list ap;                                                                \
+    va_start(ap, flags);                                                       \
+    int mode = va_arg(ap, int);                                                \
+    va_end(ap);                                                                \
+    int fd = real(path, flags, mode);                                          \
+    no_readahead(fd);                                                          \
+    return fd;                                                                 \
+  }
 
-int open64(const char *path, int flags, ...)
-{
-  static int (*real)(const char *, int, ...);
-  if (!real)
-    real = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open64");
-  va_list ap;
-  va_start(ap, flags);
-  int mode = va_arg(ap, int);
-  va_end(ap);
-  int fd = real(path, flags, mode);
-  no_readahead(fd);
-  return fd;
-}
+WRAP_OPEN(open)
+WRAP_OPEN(open64)
 
 int openat(int dirfd, const char *path, int flags, ...)
 {

@@ -46,8 +46,11 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def drop_cached_pages(path: Path) -> None:
+    """Drop the file's pages from the page cache; written ones are flushed first (a
+    core gcore has just written is all dirty pages, and those stay)."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fdatasync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
