@@ -70,8 +70,15 @@ def open_case(case: TestCase, store: BlobStore | None = None) -> Process:
     files: dict[str, tuple[str | Path, str | None]] = {
         m.local_path: (store.local_path(m.ref), m.ref) for m in case.modules
     }
-    core = CoreFile(store.local_path(case.coredump_ref))
-    if case.no_module_bundling:
+    return process_with_modules(CoreFile(store.local_path(case.coredump_ref)), files,
+                                case.no_module_bundling)
+
+
+def process_with_modules(core: CoreFile, files: Mapping[str, tuple[str | Path, str | None]],
+                         rebuild_modules: bool) -> Process:
+    """process_from, with (rebuild_modules) the modules the core's memory holds
+    added under the given ones: a case recorded with -no-module-bundling."""
+    if rebuild_modules:
         try:
             files = {**module_files(core), **files}
         except BaseException:

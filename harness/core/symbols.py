@@ -24,7 +24,7 @@ import hashlib
 import json
 import lzma
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,12 +86,10 @@ def _named(headers: list[Shdr], names: bytes, wanted: str) -> Shdr | None:
     return None
 
 
-def function_symbols(read: Reader) -> dict[int, tuple[str, int]]:
-    """{address: (name, size)} of an ELF file's function symbols: one name per
-    address, .symtab before .dynsym, global before weak before local, then the
-    shortest name."""
+def _symbol_tables(read: Reader) -> Iterator[tuple[int, Sym, bytes]]:
+    """(table rank, symbol, string table) of every defined symbol: .symtab's
+    (rank 0) before .dynsym's (rank 1)."""
     headers, _ = _sections(read)
-    best: dict[int, tuple[tuple[int, int, int, str], str, int]] = {}
     for table_rank, wanted in enumerate((SHT_SYMTAB, SHT_DYNSYM)):
         for sec in headers:
             if sec.type != wanted or sec.link >= len(headers):
@@ -102,13 +100,22 @@ def function_symbols(read: Reader) -> dict[int, tuple[str, int]]:
                 continue
             for pos in range(0, len(data) - elf.SYM_SIZE + 1, elf.SYM_SIZE):
                 sym = Sym.parse(data, pos)
-                if sym.kind not in _FUNCTION_KINDS or not sym.value or not sym.shndx \
-                        or sym.name >= len(names):
-                    continue
-                name = elf.cstring(names, sym.name)
-                key = (table_rank, _BIND_RANK.get(sym.bind, 2), len(name), name)
-                if sym.value not in best or key < best[sym.value][0]:
-                    best[sym.value] = (key, name, sym.size)
+                if sym.value and sym.shndx and sym.name < len(names):
+                    yield table_rank, sym, names
+
+
+def function_symbols(read: Reader) -> dict[int, tuple[str, int]]:
+    """{address: (name, size)} of an ELF file's function symbols: one name per
+    address, .symtab before .dynsym, global before weak before local, then the
+    shortest name."""
+    best: dict[int, tuple[tuple[int, int, int, str], str, int]] = {}
+    for table_rank, sym, names in _symbol_tables(read):
+        if sym.kind not in _FUNCTION_KINDS:
+            continue
+        name = elf.cstring(names, sym.name)
+        key = (table_rank, _BIND_RANK.get(sym.bind, 2), len(name), name)
+        if sym.value not in best or key < best[sym.value][0]:
+            best[sym.value] = (key, name, sym.size)
     return {addr: (name, size) for addr, (_, name, size) in best.items()}
 
 
@@ -118,23 +125,11 @@ def named_symbols(read: Reader, wanted: Iterable[str]) -> dict[str, tuple[int, i
     variables and functions it reads (CPython's _PyRuntime, PyCode_Type)."""
     wanted_bytes = {name.encode() for name in wanted}
     found: dict[str, tuple[int, int]] = {}
-    headers, _ = _sections(read)
-    for wanted_type in (SHT_SYMTAB, SHT_DYNSYM):
-        for sec in headers:
-            if sec.type != wanted_type or sec.link >= len(headers):
-                continue
-            data = _section_data(read, sec)
-            names = _section_data(read, headers[sec.link])
-            if not data or names is None:
-                continue
-            for pos in range(0, len(data) - elf.SYM_SIZE + 1, elf.SYM_SIZE):
-                sym = Sym.parse(data, pos)
-                if not sym.value or not sym.shndx or sym.name >= len(names):
-                    continue
-                end = names.find(b"\0", sym.name)
-                name = names[sym.name:end if end >= 0 else len(names)]
-                if name in wanted_bytes and name.decode() not in found:
-                    found[name.decode()] = (sym.value, sym.size)
+    for _, sym, names in _symbol_tables(read):
+        end = names.find(b"\0", sym.name)
+        name = names[sym.name:end if end >= 0 else len(names)]
+        if name in wanted_bytes and name.decode() not in found:
+            found[name.decode()] = (sym.value, sym.size)
     return found
 
 

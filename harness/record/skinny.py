@@ -33,12 +33,11 @@ from ..cases.store import BlobStore, full_store, store_for
 from ..core import linkmap
 from ..core.elf import PHDR_SIZE
 from ..core.elfcore import AT_ENTRY, AT_PHDR, AT_PHNUM, CoreFile
-from ..core.memory_modules import module_files
 from ..core.process import Process
 from ..core.skinny import page_ranges, write_skinny_core
 from ..diffing import NATIVE_FRAME
 from ..errors import HarnessError
-from ..replay import process_from, thread_frames, unwind_process
+from ..replay import process_with_modules, thread_frames, unwind_process
 from .oracle_reads import read_by
 from .pystack_oracle import PythonFrame, pystack_frames
 from .verify import gdb_frames_of, has_python_frames
@@ -161,14 +160,7 @@ def prove(skinny: Path, files: dict[str, tuple[str | Path, str | None]],
     python, pystack-reads) to the same frames as the full core; else why not.
     rebuild_modules: the modules come from the core's memory (a case without bundled
     modules), as replay will get them."""
-    core = CoreFile(skinny)
-    if rebuild_modules:
-        try:
-            files = {**module_files(core), **files}
-        except BaseException:
-            core.close()
-            raise
-    process = process_from(core, files)
+    process = process_with_modules(CoreFile(skinny), files, rebuild_modules)
     try:
         again = thread_frames(unwind_process(process, fault_addresses))
         if process.core.dropped_reads:
@@ -234,13 +226,7 @@ def reskinny_case(case: TestCase, check_gdb: bool = True) -> Reskinned:
         m.local_path: (store.local_path(m.ref), m.ref) for m in case.modules}
     core = CoreFile(full_path)
     start_logging(core)
-    if case.no_module_bundling:
-        try:
-            files = {**module_files(core), **files}
-        except BaseException:
-            core.close()
-            raise
-    process = process_from(core, files)
+    process = process_with_modules(core, files, case.no_module_bundling)
     with tempfile.TemporaryDirectory(prefix="coredump-skinny-") as tmp:
         try:
             threads = thread_frames(unwind_process(process, frozenset(case.fault_addresses)))
