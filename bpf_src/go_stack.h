@@ -99,10 +99,7 @@ static __always_inline enum trace_status unwind_go_saved_sp(struct unwind_state 
   }
   u64 cfa = st->go_saved_sp + (s64)rule->cfa_param;
   u64 ra, fp;
-  enum trace_status status = read_return_address(st, rule, cfa, trace, &ra);
-  if (status != TRACE_STATUS_RUNNING)
-    return status;
-  status = read_frame_pointer(st, rule, cfa, trace, &fp);
+  enum trace_status status = read_caller(st, rule, cfa, trace, &ra, &fp);
   if (status != TRACE_STATUS_RUNNING)
     return status;
   frame->cfa = cfa;

@@ -327,16 +327,24 @@ static __always_inline void enter_caller(struct unwind_state *st, u64 ra, u64 cf
   st->interp_done = 0;
 }
 
+/* The caller's return address and frame pointer, found from the CFA by the rule. */
+static __always_inline enum trace_status read_caller(const struct unwind_state *st,
+                                                     const struct unwind_rule *rule, u64 cfa,
+                                                     struct trace *trace, u64 *ra, u64 *fp)
+{
+  enum trace_status status = read_return_address(st, rule, cfa, trace, ra);
+  if (status != TRACE_STATUS_RUNNING)
+    return status;
+  return read_frame_pointer(st, rule, cfa, trace, fp);
+}
+
 /* Reads the caller's registers relative to the CFA and moves to the caller. */
 static __always_inline enum trace_status unwind_to_caller(struct unwind_state *st,
                                                           const struct unwind_rule *rule,
                                                           u64 cfa, struct trace *trace)
 {
   u64 ra, fp;
-  enum trace_status status = read_return_address(st, rule, cfa, trace, &ra);
-  if (status != TRACE_STATUS_RUNNING)
-    return status;
-  status = read_frame_pointer(st, rule, cfa, trace, &fp);
+  enum trace_status status = read_caller(st, rule, cfa, trace, &ra, &fp);
   if (status != TRACE_STATUS_RUNNING)
     return status;
 
