@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from harness.bpf.build import compiler
 from harness.core.module import Module
 from harness.core.symbols import build_id, named_symbols
 from harness.paths import REPO_ROOT
 from harness.record.lean import has_debug_sections, strip_debug
 
-PROGRAM = REPO_ROOT / "testsources" / "build" / "amd64" / "chain.O2.fp"
+SOURCE = REPO_ROOT / "testsources" / "chain.c"
 
 
 def test_a_stripped_copy_keeps_what_unwinding_reads(tmp_path: Path) -> None:
-    if not PROGRAM.exists():
-        pytest.skip(f"{PROGRAM} is not built (testsources/build.sh)")
+    program = tmp_path / "chain.O2.fp"  # built here, with DWARF (-g)
+    subprocess.run([compiler(), "-g", "-O2", "-fno-omit-frame-pointer", "-o", str(program),
+                    str(SOURCE)], check=True, capture_output=True)
     if shutil.which("objcopy") is None:
         pytest.skip("objcopy (binutils) is not installed")
-    assert has_debug_sections(PROGRAM)  # built with -g
-    lean = strip_debug(PROGRAM, tmp_path)
-    assert lean != PROGRAM and not has_debug_sections(lean)
-    assert lean.stat().st_size < PROGRAM.stat().st_size
-    original, copy = Module(str(PROGRAM), PROGRAM), Module(str(PROGRAM), lean)
+    assert has_debug_sections(program)  # built with -g
+    lean = strip_debug(program, tmp_path)
+    assert lean != program and not has_debug_sections(lean)
+    assert lean.stat().st_size < program.stat().st_size
+    original, copy = Module(str(program), program), Module(str(program), lean)
     try:
         assert [(s.vaddr, s.memsz) for s in copy.loads] == \
             [(s.vaddr, s.memsz) for s in original.loads]
