@@ -8,8 +8,9 @@ every tool alike:
   derived again; the unwinder build and the extracted blobs are kept, as they
   are after `scripts/bootstrap`);
 - the peers on the same core and modules, where installed: gdb (gdb-multiarch
-  for arm64) `thread apply all bt`, and eu-stack where the modules sit at their
-  recorded paths (it has no sysroot option);
+  for arm64) `thread apply all bt`, eu-stack where the modules sit at their
+  recorded paths (it has no sysroot option), and pystack on cases with Python
+  frames (`pystack core`, Python frames only);
 - in one process, replaying the case repeatedly: the time to describe the
   process to the maps (per process), and the time to unwind its threads, from
   which a least-squares fit over all cases gives the cost per thread and per
@@ -40,6 +41,8 @@ from .cases.store import store_for
 from .errors import HarnessError
 from .paths import CACHE_ENV, cache_root
 from .record.gdb_oracle import gdb_for, make_sysroot
+from .record.pystack_oracle import pystack_command
+from .record.verify import has_python_frames
 from .replay import open_case, unwind_process
 
 OURS = "coredump analyze"
@@ -192,14 +195,22 @@ class _Runs:
             self._skip("gdb", why)
             self._skip("eu-stack", why)
             return
+        sysroot = make_sysroot(str(sysroot_dir), files)
         gdb = shutil.which(gdb_for(self.arch))
         if gdb is None:
             self._skip("gdb", f"{gdb_for(self.arch)} is not installed")
         else:
-            sysroot = make_sysroot(str(sysroot_dir), files)
             self._add("gdb", [gdb, "-batch", "-nx", "-iex", f"set sysroot {sysroot}",
                               "-ex", "thread apply all bt",
                               os.path.join(sysroot, exe.lstrip("/")), core])
+        if has_python_frames(case.threads):  # the Python oracle, on Python cases
+            pystack = pystack_command()
+            if pystack is None:
+                self._skip("pystack", "pystack is not installed (.venv/bin/pip install pystack)")
+            else:
+                self._add("pystack", [pystack, "core", "--no-color", core,
+                                      os.path.join(sysroot, exe.lstrip("/")),
+                                      "--lib-search-root", sysroot])
         eu_stack = shutil.which("eu-stack")
         if eu_stack is None:
             self._skip("eu-stack", "eu-stack is not installed (apt-get install elfutils)")
