@@ -154,3 +154,33 @@ def test_reskinny_rebuilds_a_case(tmp_path: Path) -> None:
     assert done.size * 20 < done.full_size
     assert path.read_text() == before and not done.changed
     assert BlobStore(path.parent.parent / "blobs").has(case.coredump_ref)
+
+
+def test_a_corrupt_left_out_note_is_a_clear_error(tmp_path: Path) -> None:
+    """The skinny note is input like any other: a count past its data, or ranges out
+    of order, is a one-line CoreError, never a wrong memory map."""
+    from harness.core.elfcore import NT_SKINNY_DROPPED, SKINNY_NOTE_OWNER
+    from harness.errors import CoreError
+
+    full = CoreFile(_core(THREADS))
+    try:
+        stored = [s for s in full.segments if s.filesz]
+        keep = page_ranges([(stored[0].vaddr, stored[0].vaddr + 1)], full.page_size)
+        out = tmp_path / "skinny.core"
+        write_skinny_core(full, keep, out)
+    finally:
+        full.close()
+    blob = bytearray(out.read_bytes())
+    owner = SKINNY_NOTE_OWNER.encode() + b"\0"
+    at = blob.index(owner)
+    desc = at + len(owner) + (-len(owner)) % 4
+    assert int.from_bytes(blob[at - 4:at], "little") == NT_SKINNY_DROPPED
+    too_many = bytearray(blob)
+    too_many[desc:desc + 8] = (1 << 30).to_bytes(8, "little")  # a count past the note
+    backwards = bytearray(blob)
+    backwards[desc + 8:desc + 24] = (10).to_bytes(8, "little") + (5).to_bytes(8, "little")
+    for bad in (too_many, backwards):
+        path = tmp_path / "bad.core"
+        path.write_bytes(bytes(bad))
+        with pytest.raises(CoreError, match="skinny-core"):
+            CoreFile(path)
