@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from .core.module import Module
 from .core.symbols import SymbolTable, module_symbols
 from .paths import cache_root
-from .unwind_data import module_unwind_data
+from .unwind_data import synthesized_ranges
 
 # Beside a frame whose rule came from its instructions, not from CFI
 # (unwind_data/synthesize.py): the frame above it was found by that rule.
@@ -132,7 +132,7 @@ def frame_annotator(modules: Iterable[Module]) -> Annotate:
 
 
 def _synthesized_at(module: Module, addr: int) -> bool:
-    ranges = module_unwind_data(module.local_path, module.content_id, cache_root()).synthesized
+    ranges = synthesized_ranges(module.local_path, module.content_id, cache_root())
     i = bisect.bisect_right(ranges, (addr, 1 << 64)) - 1
     return i >= 0 and ranges[i][0] <= addr < ranges[i][1]
 

@@ -189,3 +189,20 @@ def test_validate_deltas_on_musl() -> None:
     assert result.started > 1500
     assert len(result.distinct) > 25_000
     assert len(result.mismatches) * 200 < len(result.distinct), result.report(show=3)
+
+
+def test_synthesized_ranges_from_the_cache_tail(tmp_path: Path) -> None:
+    """analyze reads a module's synthesized ranges without decoding its deltas; they
+    are the ones the full decode gives (and a damaged cache falls back to it)."""
+    from harness.files import sha256_file
+    from harness.unwind_data import FORMAT_VERSION, module_unwind_data, synthesized_ranges
+
+    program = tmp_path / "bare"
+    program.write_bytes(_image(bytes.fromhex("55 4889e5 31c0 5d c3") + bytes(4088), 62))
+    content = sha256_file(program)
+    full = module_unwind_data(program, content, tmp_path).synthesized
+    assert full and synthesized_ranges(program, content, tmp_path) == tuple(full)
+    cache = tmp_path / "unwind" / f"{content}.v{FORMAT_VERSION}.bin"
+    cache.write_bytes(cache.read_bytes()[:-1] + b"\0")  # a damaged checksum
+    synthesized_ranges.cache_clear()
+    assert synthesized_ranges(program, content, tmp_path) == tuple(full)

@@ -9,6 +9,7 @@ pointers are only relocated in memory.
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field, replace
 from ...core.module import Module
 from ...core.process import Process
 from ...core.symbols import named_symbols
+from ...errors import HarnessError
+from ...files import atomic_path
+from ...paths import cache_root
 from .facts import ENTRY_SHIM, VersionFacts, facts_for
 
 __all__ = ["PythonLayout", "CodeFields", "python_version", "python_layout",
@@ -143,6 +147,32 @@ def _debug_offsets(process: Process, runtime_addr: int, facts: VersionFacts
     return updated, code
 
 
+_SYMBOL_CACHE_VERSION = 1
+
+
+def _interpreter_symbols(module: Module) -> dict[str, tuple[int, int]]:
+    """named_symbols(module, _SYMBOLS), cached on disk per content hash: walking
+    libpython's 8,000 symbols was most of a warm replay's map filling (27 ms per
+    interpreter module, in every process)."""
+    path = (cache_root() / "symbols"
+            / f"{module.content_id}.python.v{_SYMBOL_CACHE_VERSION}.json")
+    try:
+        doc = json.loads(path.read_text())
+        if isinstance(doc, dict) and all(isinstance(v, list) and len(v) == 2
+                                         and all(isinstance(x, int) for x in v)
+                                         for v in doc.values()):
+            return {name: (v[0], v[1]) for name, v in doc.items()}
+    except (OSError, ValueError):
+        pass
+    found = named_symbols(module.read, _SYMBOLS)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(found))
+    except (OSError, HarnessError):
+        pass  # a cache that cannot be written costs time, not results
+    return found
+
+
 def python_layout(process: Process, module: Module) -> PythonLayout | None:
     """The layout of the CPython build `module` is, if it is one this harness knows
     (its eval loop and _PyRuntime in the module, its version in FACTS)."""
@@ -152,7 +182,7 @@ def python_layout(process: Process, module: Module) -> PythonLayout | None:
         return None
     if not facts.tstate_native_thread_id and process.arch != "amd64":
         return None  # thread_id is pthread_self(), the thread pointer only on x86-64
-    symbols = named_symbols(module.read, _SYMBOLS)
+    symbols = _interpreter_symbols(module)
     if EVAL_LOOP not in symbols or facts.runtime_symbol not in symbols \
             or "PyCode_Type" not in symbols:
         return None
