@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -219,4 +220,35 @@ def run_analyze(core: bytes, modules: dict[str, bytes]) -> str:
             json.dumps([{"lwp": t.lwp, "frames": t.frames} for t in threads])
             for t in threads:
                 "\n".join(t.frames).encode("utf-8", "backslashreplace")
+    return _judge(go)
+
+
+GO_CASE = REPO_ROOT / "testdata" / "amd64" / "go.goroutines.json"
+
+
+@cache
+def go_table() -> bytes:
+    """The .gopclntab of the bundled Go executable: the table the Go support parses."""
+    from harness.unwind_data.pclntab import _section
+
+    case = load_case(GO_CASE)
+    exe = store_for(case).local_path(case.modules[-1].ref)
+    with open(exe, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        found = _section(mm)
+    assert found is not None, f"{exe} has no .gopclntab"
+    return found[0]
+
+
+def run_pclntab(data: bytes) -> str:
+    """A .gopclntab parsed, every function's pcsp table walked, PCs named."""
+    from harness.unwind_data.pclntab import Pclntab
+
+    def go() -> None:
+        table = Pclntab(data)
+        functions = table.functions
+        for func in functions[:64]:
+            table.name(func)
+            for run, _ in zip(table.pcvalues(func, func.pcsp), range(64), strict=False):
+                assert run[0] <= run[1], run  # runs go forward
+            table.source_line(func.entry)
     return _judge(go)

@@ -257,6 +257,17 @@ def _elf_images(core: bytes) -> list[int]:
     return found
 
 
+@budget(200)
+@given(st.data())
+def test_go_pclntab(data: st.DataObject) -> None:
+    """Go's .gopclntab, from a bundled Go executable: its header, function table and
+    the start of its pc-value tables corrupted."""
+    table = targets.go_table()
+    mutant = data.draw(mutated(table, [(0, 256), (len(table) // 3, 4096),
+                                       (len(table) // 2, 4096)]))
+    judged("pclntab", lambda: targets.run_pclntab(mutant))
+
+
 def test_the_mutations_reach_the_error_paths() -> None:
     """The suite is not vacuous: the targets see both good and refused inputs."""
     seed = targets.seed()
@@ -271,5 +282,7 @@ def test_the_mutations_reach_the_error_paths() -> None:
     struct.pack_into("<H", truncated, 56, 0xFFFF)
     assert targets.run_analyze(bytes(truncated), seed.modules) == "error"
     assert targets.run_rebuild(targets.nobundle_core()) == "ok"
+    assert targets.run_pclntab(targets.go_table()) == "ok"
+    assert targets.run_pclntab(targets.go_table()[:12]) == "error"
     assert targets.section_regions(seed.modules[next(iter(seed.modules))])
     assert targets.stack_regions(seed.core)
