@@ -9,16 +9,16 @@ names, so the soname and merged-/usr aliases of make_sysroot are exercised too.
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.programs import ready_line
 
 REPO = Path(__file__).resolve().parent.parent
 # The package is not necessarily installed into the venv; import it from the tree.
@@ -66,19 +66,8 @@ class Snapshot:
 
 
 def _wait_ready(proc: subprocess.Popen[bytes]) -> None:
-    """Read stdout until the program's single 'ready <pid>' line (or fail on timeout)."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT
-    buf = b""
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-            pytest.fail(f"no 'ready' line within {READY_TIMEOUT}s (got {buf!r})")
-        chunk = os.read(proc.stdout.fileno(), 256)
-        if not chunk:
-            pytest.fail(f"program exited before 'ready' (status {proc.wait()}, got {buf!r})")
-        buf += chunk
-    assert buf.split(b"\n")[0] == f"ready {proc.pid}".encode()
+    """Wait for the program's single 'ready <pid>' line (or fail on timeout)."""
+    assert ready_line(proc, READY_TIMEOUT) == f"ready {proc.pid}".encode()
 
 
 def _mapped_files(pid: int) -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from harness.live.trigger import TriggerError, in_system_call, interrupt_threads
 from harness.paths import REPO_ROOT
 from harness.record.gcore import gcore
 from harness.replay import process_from
+from tests.programs import ready_line
 
 BUILD_SH = REPO_ROOT / "testsources" / "build.sh"
 BUILD = REPO_ROOT / "testsources" / "build" / (host_arch() or "unknown")
@@ -65,18 +65,7 @@ class Running:
 
 
 def _ready_pid(proc: subprocess.Popen[bytes]) -> int:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT
-    buf = b""
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-            pytest.fail(f"no 'ready' line within {READY_TIMEOUT}s (got {buf!r})")
-        chunk = os.read(proc.stdout.fileno(), 256)
-        if not chunk:
-            pytest.fail(f"program exited before 'ready' (status {proc.wait()})")
-        buf += chunk
-    words = buf.split(b"\n")[0].split()
+    words = ready_line(proc, READY_TIMEOUT).split()
     return int(words[1]) if len(words) > 1 else proc.pid
 
 
